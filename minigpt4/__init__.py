@@ -1,0 +1,26 @@
+"""FaceGPT: MiniGPT-4 / MiniGPT-v2 for face understanding.
+
+Importing the package registers every builder, model, processor, task, runner and LR scheduler, so
+``registry.get_model_class("minigpt_v2")`` works after a plain ``import minigpt4``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from minigpt4.common.registry import registry
+
+__all__ = ["registry", "LIBRARY_ROOT"]
+__version__ = "0.1.0"
+
+#: The installed ``minigpt4/`` folder; relative paths in component default YAMLs resolve against it.
+LIBRARY_ROOT = Path(__file__).resolve().parent
+
+# Registration happens in these subpackages' __init__ modules (each imports its own modules).
+for _sub in ("processors", "datasets.builders", "models", "tasks", "runners", "common.optims"):
+    try:
+        importlib.import_module(f"minigpt4.{_sub}")
+    except ModuleNotFoundError as err:  # a subpackage not written yet must not break the rest
+        if err.name != f"minigpt4.{_sub}":
+            raise

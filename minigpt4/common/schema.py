@@ -1,0 +1,229 @@
+"""Typed schema of FaceGPT configs: the single home of every default.
+
+The YAML layout is upstream MiniGPT-4's (``model:``, ``datasets:``, ``run:``, ``preprocess:``), so its
+configs keep working; every key upstream's train and eval YAMLs use is a field here.
+:mod:`minigpt4.common.config` loads YAML + ``--options`` into these dataclasses and reports every
+problem at once (unknown key with its closest match, wrong type, required path unset or missing).
+
+Components may extend a schema: a model class sets ``config_schema`` to a subclass of
+:class:`ModelConfig`, a builder sets it to a subclass of :class:`DatasetConfig`, a processor to a
+subclass of :class:`ProcessorConfig`. The loader finds them through the registry.
+
+Field metadata used by the validator:
+
+* ``path``: ``"file"``, ``"dir"`` or ``"any"`` — the value names something on disk that must exist
+  when set;
+* ``required``: an empty/unset value is an error (a ``???`` in YAML is always "unset");
+* ``choices``: the allowed values;
+* ``registry``: the value is a registry name of that kind (``"task"``, ``"lr_scheduler"``, ...);
+* ``help``: one line shown in error messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+def path_field(default: Any = "", kind: str = "any", required: bool = False, help: str = "") -> Any:
+    """A config field that names a file or folder."""
+    return field(default=default, metadata={"path": kind, "required": required, "help": help})
+
+
+def choice_field(default: Any, choices: List[Any], help: str = "") -> Any:
+    """A config field restricted to ``choices``."""
+    return field(default=default, metadata={"choices": list(choices), "help": help})
+
+
+def registry_field(default: Any, kind: str, help: str = "") -> Any:
+    """A config field naming a registry entry of ``kind``."""
+    return field(default=default, metadata={"registry": kind, "help": help})
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class VitConfig:
+    """EVA vision tower dimensions (FaceGPT addition; defaults = upstream's EVA-ViT-g)."""
+
+    embed_dim: int = 1408
+    depth: int = 39
+    num_heads: int = 16
+    mlp_ratio: float = 4.3637
+    patch_size: int = 14
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class QFormerConfig:
+    """BLIP-2 Q-Former (BERT) dimensions (FaceGPT addition; defaults = bert-base-uncased as BLIP-2 used it)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_freq: int = 2
+    layer_norm_eps: float = 1e-12
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """``model:`` section. Upstream's keys keep their names and meaning; FaceGPT additions are marked."""
+
+    arch: str = registry_field(MISSING, "model", help="registered model: minigpt4 or minigpt_v2")
+    model_type: str = field(default=MISSING, metadata={"help": "preset of the arch, e.g. pretrain_vicuna0"})
+
+    # vision tower
+    vit_model: str = choice_field("eva_clip_g", ["eva_clip_g"], help="vision tower family")
+    vit_config: VitConfig = field(default_factory=VitConfig)  # FaceGPT: sizes, so tiny towers share the code
+    vit_ckpt: Optional[str] = path_field(
+        None, "file", help="eva_vit_g.pth (upstream downloaded it from a URL); null = random init"
+    )  # FaceGPT: a local path instead of upstream's hard-coded URL
+    image_size: int = 224
+    drop_path_rate: float = 0.0
+    use_grad_checkpoint: bool = False
+    vit_precision: str = choice_field("fp16", ["fp16", "bf16", "fp32"])
+    freeze_vit: bool = True
+
+    # Q-Former (MiniGPT-4 with Vicuna)
+    has_qformer: bool = True
+    freeze_qformer: bool = True
+    num_query_token: int = 32
+    q_former_model: Optional[str] = path_field(None, "file", help="blip2_pretrained_flant5xxl.pth")
+    qformer_config: QFormerConfig = field(default_factory=QFormerConfig)  # FaceGPT
+
+    # language model
+    llama_model: str = path_field(
+        MISSING, "any", required=True, help="HF LLaMA folder (config.json + tokenizer) or a local .gguf file"
+    )
+    llm_precision: str = choice_field("fp16", ["fp16", "bf16", "fp32"])  # FaceGPT: upstream always fp16
+    low_resource: bool = False
+    device_8bit: int = 0
+    use_grad_checkpoint_llm: bool = False
+    pad_token: Optional[str] = None  # FaceGPT: null = "$$" for LLaMA vocabularies, else tokenizer pad/eos
+    prompt_format: str = choice_field(
+        "upstream", ["upstream", "tokenizer_chat_template"], help="how instructions are wrapped"
+    )  # FaceGPT: SmolLM2 and other chat models use their tokenizer's own template
+
+    # LoRA (MiniGPT-v2)
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    # prompting and labels
+    prompt: str = ""  # accepted for upstream configs; unused there too
+    prompt_path: str = path_field("", "file", help="file of instruction prompts (v1 stage 2)")
+    prompt_template: str = ""
+    chat_template: bool = False
+    max_txt_len: int = 32
+    max_context_len: int = 3800
+    end_sym: str = "\n"
+
+    # weights
+    ckpt: Optional[str] = path_field("", "file", help="MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint (.pth)")
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+@dataclass
+class ProcessorConfig:
+    """One processor entry (``vis_processor.train`` etc.); processors may declare a richer schema."""
+
+    name: str = registry_field(MISSING, "processor")
+
+
+@dataclass
+class ProcessorPair:
+    """``train``/``eval`` processors of one dataset or model preset (either may be absent)."""
+
+    train: Optional[Dict[str, Any]] = None
+    eval: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class DatasetConfig:
+    """One entry under ``datasets:``. Builders extend it (``build_info`` and their own options)."""
+
+    data_type: str = "images"
+    type: str = "default"
+    batch_size: int = 1
+    sample_ratio: float = 1.0
+    vis_processor: ProcessorPair = field(default_factory=ProcessorPair)
+    text_processor: ProcessorPair = field(default_factory=ProcessorPair)
+    build_info: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessConfig:
+    """Top-level ``preprocess:`` (from the model preset): the processors chat and eval use."""
+
+    vis_processor: ProcessorPair = field(default_factory=ProcessorPair)
+    text_processor: ProcessorPair = field(default_factory=ProcessorPair)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+@dataclass
+class RunConfig:
+    """``run:`` section: upstream's keys plus FaceGPT's training options."""
+
+    task: str = registry_field("image_text_pretrain", "task")
+    runner: str = registry_field("runner_base", "runner")
+    lr_sched: str = registry_field("linear_warmup_cosine_lr", "lr_scheduler")
+    init_lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = -1.0
+    warmup_steps: int = 0
+    lr_decay_rate: Optional[float] = None
+    weight_decay: float = 0.05
+    beta2: float = 0.999
+    max_epoch: int = 1
+    iters_per_epoch: Optional[int] = None
+    num_workers: int = 4
+    batch_size_train: Optional[int] = None
+    batch_size_eval: Optional[int] = None
+    accum_grad_iters: int = 1
+    log_freq: int = 50
+    seed: int = 42
+    output_dir: str = "output"
+    amp: bool = True
+    resume_ckpt_path: Optional[str] = None
+    evaluate: bool = False
+    train_splits: List[str] = field(default_factory=lambda: ["train"])
+    valid_splits: List[str] = field(default_factory=list)
+    test_splits: List[str] = field(default_factory=list)
+    use_dist_eval_sampler: bool = True
+    device: str = "cuda"
+    world_size: int = 1
+    dist_url: str = "env://"
+    distributed: bool = True
+    gpu: Optional[int] = None
+    rank: Optional[int] = None
+    wandb_log: bool = False
+    job_name: str = "facegpt"
+    # benchmark evaluation configs (upstream minigptv2_benchmark_evaluation.yaml)
+    name: Optional[str] = None
+    save_path: Optional[str] = None
+
+
+# ----------------------------------------------------------------------------------------- root
+
+
+@dataclass
+class RootConfig:
+    """The whole resolved config."""
+
+    model: Any = None
+    datasets: Dict[str, Any] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    evaluation_datasets: Dict[str, Any] = field(default_factory=dict)
