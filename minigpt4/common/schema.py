@@ -196,7 +196,7 @@ class RunConfig:
     seed: int = 42
     output_dir: str = "output"
     amp: bool = True
-    resume_ckpt_path: Optional[str] = None
+    resume_ckpt_path: Optional[str] = None  # null, "auto" (newest complete checkpoint of the job) or a path
     evaluate: bool = False
     train_splits: List[str] = field(default_factory=lambda: ["train"])
     valid_splits: List[str] = field(default_factory=list)
@@ -210,6 +210,27 @@ class RunConfig:
     rank: Optional[int] = None
     wandb_log: bool = False
     job_name: str = "facegpt"
+    # ---- FaceGPT training additions (minigpt4/runners, minigpt4/tasks; README "Training")
+    run_id: Optional[str] = None  # run folder under output_dir/job_name; null = start time (YYYYmmddHHMMSS)
+    precision: str = choice_field(
+        "auto", ["auto", "bf16", "fp16", "fp32"],
+        help="autocast dtype: auto = bf16 on CUDA with bf16, fp16 (+GradScaler) on other CUDA, fp32 on CPU",
+    )
+    scale_loss_by_accum: bool = True  # divide the loss by accum_grad_iters (upstream did not: set False)
+    max_grad_norm: Optional[float] = None  # clip the gradient norm; null = no clipping (upstream)
+    max_nonfinite_steps: int = 20  # stop after this many optimizer steps in a row skipped for a NaN/inf loss
+    save_every_iters: int = 0  # also checkpoint every N iterations (multiple of accum_grad_iters); 0 = epoch ends
+    keep_last_k: int = 3  # checkpoints (weights + trainer state) kept in the run folder; 0 = keep all
+    val_every_iters: int = 0  # validation loss every N iterations (needs valid_splits); 0 = at epoch ends only
+    val_max_batches: Optional[int] = None  # cap on validation batches per dataset and rank; null = whole split
+    find_unused_parameters: bool = True  # DDP option (upstream passed True)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) (bit-exact resume; slower)
+    progress_bar: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = True  # write TensorBoard scalars when the tensorboard package is installed
+    wandb_project: str = "minigptv"  # wandb project (upstream's name)
+    plot_curves: bool = True  # loss_curve.png in the run folder at the end of each epoch
+    dist_backend: Optional[str] = choice_field(None, [None, "nccl", "gloo"], help="null = nccl on CUDA, gloo on CPU")
+    dist_timeout_minutes: int = 60  # collective timeout (checkpoint writes on rank 0 must fit in it)
     # benchmark evaluation configs (upstream minigptv2_benchmark_evaluation.yaml)
     name: Optional[str] = None
     save_path: Optional[str] = None
