@@ -38,3 +38,13 @@ def parity_root() -> Path:
     if not PARITY.is_dir():
         pytest.fail(f"parity fixtures not found at {PARITY}; the project expects ../shared beside the clone")
     return PARITY
+
+
+@pytest.fixture(scope="session")
+def synth_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic face data set in the real layout, written by the data tool (as FACEGPT_DATA)."""
+    from minigpt4.tools import data
+
+    root = tmp_path_factory.mktemp("facegpt_data")
+    assert data.main(["synth", "--out", str(root), "--n", "24", "--seed", "0"]) == 0
+    return root
