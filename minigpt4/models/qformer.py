@@ -12,6 +12,7 @@ head size (64) both are the same float operation; for other sizes ``attn_impleme
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from contextlib import nullcontext
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
-from transformers.modeling_utils import AttentionInterface
+from transformers import AttentionInterface
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.schema import QFormerConfig
@@ -77,6 +78,19 @@ def qformer_hf_config(cfg: QFormerConfig, vision_width: int, attn_implementation
     )
     config._attn_implementation = ATTN_IMPLEMENTATIONS[attn_implementation]
     return config
+
+
+def qformer_config_from_bert(config_json: Union[str, Path], cross_attention_freq: int = 2) -> QFormerConfig:
+    """:class:`QFormerConfig` from a BERT ``config.json`` (what upstream read from ``bert-base-uncased``)."""
+    bert = json.loads(Path(config_json).read_text())
+    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "layer_norm_eps",
+              "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob")
+    missing = [name for name in fields if name not in bert]
+    if missing:
+        raise ValueError(f"{config_json}: BERT config lacks {missing}")
+    if bert.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{config_json}: hidden_act {bert['hidden_act']!r}; the Q-Former uses exact 'gelu'")
+    return QFormerConfig(cross_attention_freq=cross_attention_freq, **{name: bert[name] for name in fields})
 
 
 def build_qformer(
@@ -142,7 +156,8 @@ FACEGPT_TO_UPSTREAM: List[Tuple[str, str]] = [
      r"Qformer.bert.encoder.layer.\1.\2.self.\3.\4"),
     (rf"^{_L}\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)$",
      r"Qformer.bert.encoder.layer.\1.\2.output.\3.\4"),
-    (rf"^{_L}\.intermediate_query\.dense\.(weight|bias)$", r"Qformer.bert.encoder.layer.\1.intermediate_query.dense.\2"),
+    (rf"^{_L}\.intermediate_query\.dense\.(weight|bias)$",
+     r"Qformer.bert.encoder.layer.\1.intermediate_query.dense.\2"),
     (rf"^{_L}\.output_query\.(dense|LayerNorm)\.(weight|bias)$", r"Qformer.bert.encoder.layer.\1.output_query.\2.\3"),
 ]
 
@@ -168,7 +183,9 @@ BLIP2_OTHER_PARTS: Dict[str, str] = {
     **dict.fromkeys(("vision_proj", "text_proj", "itm_head", "temp"),
                     "BLIP-2 stage-1 contrastive/matching head; not part of MiniGPT-4 (upstream ignored it)"),
 }
-_VISUAL_FROM_VIT_CKPT = "vision tower weights: not loaded from this file (no visual encoder given), eva_vit_g.pth has them"
+_VISUAL_FROM_VIT_CKPT = (
+    "vision tower weights: not loaded from this file (no visual encoder given); eva_vit_g.pth provides them"
+)
 
 
 def _apply_rules(name: str, rules: List[Tuple[str, str]]) -> Optional[str]:
@@ -243,8 +260,10 @@ def _qformer_shape_hint(key: str, file_shape: Tuple[int, ...], model_shape: Tupl
 def _unwrap_model(raw: object, path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(raw, dict) or "model" not in raw or not isinstance(raw["model"], dict):
         keys = list(raw)[:5] if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path}: expected a BLIP-2 checkpoint {{'model': {{...}}}} (as LAVIS saves it), found {keys}; "
-                         "set model.q_former_model to blip2_pretrained_flant5xxl.pth")
+        raise ValueError(
+            f"{path}: expected a BLIP-2 checkpoint {{'model': {{...}}}} (as LAVIS saves it), found {keys}; "
+            "set model.q_former_model to blip2_pretrained_flant5xxl.pth"
+        )
     return raw["model"]
 
 
