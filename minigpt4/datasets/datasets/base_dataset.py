@@ -1,0 +1,158 @@
+"""Dataset bases: upstream's ``BaseDataset`` shape plus the skip-bad-images logic every FaceGPT dataset uses.
+
+:class:`BaseDataset` holds ``annotation`` (a list), the processors, ``vis_root``, ``name``, ``sample_ratio``
+and ``collater``. Subclasses say where an item's image is (:meth:`image_path`) and how an item is made
+(:meth:`make_item`). ``__getitem__`` opens the image; when it is missing or undecodable it moves on to the next
+record (index + 1, wrapping) and tells the caller through the item's ``skipped`` count — that count is how skips
+travel out of DataLoader worker processes; each bad path is logged once per process. With ``strict_images``
+it raises instead.
+
+:class:`ConversationDataset` is the generic dataset over parsed :class:`~minigpt4.datasets.records.Record`
+lists that ShareGPT_Face and FaceGPT4Vision share.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from minigpt4.common.logger import get_logger, log_once
+from minigpt4.datasets.datasets.collate import collate_samples
+from minigpt4.datasets.json_stream import iter_array, iter_sections, top_level_kind
+from minigpt4.datasets.records import Record
+from minigpt4.processors.image_io import ImageOpenError, open_image
+
+logger = get_logger(__name__)
+
+IMAGE_PLACEHOLDER = "<Img><ImageHere></Img>"
+
+
+def load_annotations(path: str) -> List[Any]:
+    """Upstream's annotation loading: a JSON list, or a dict whose ``annotations`` list is used (streamed)."""
+    if top_level_kind(path) == "array":
+        return [rec for _, rec in iter_array(path)]
+    for key, items in iter_sections(path):
+        if key == "annotations":
+            return [rec for _, rec in items] if not isinstance(items, list) else list(items)
+    raise ValueError(f"{path}: a JSON object annotation file needs an 'annotations' list (upstream's format)")
+
+
+class BaseDataset(Dataset, abc.ABC):
+    """Map-style dataset with processors, ``collater`` and skipping of unreadable images."""
+
+    def __init__(self, vis_processor: Any = None, text_processor: Any = None, vis_root: str = "",
+                 ann_paths: Sequence[str] = (), strict_images: bool = False) -> None:
+        self.vis_root = os.fspath(vis_root)
+        self.vis_processor = vis_processor
+        self.text_processor = text_processor
+        self.strict_images = strict_images
+        self.annotation: List[Any] = []
+        for path in ann_paths:
+            self.annotation.extend(load_annotations(path))
+        self.name = type(self).__name__
+        self.sample_ratio = 1.0
+
+    def __len__(self) -> int:
+        return len(self.annotation)
+
+    def set_processors(self, vis_processor: Any, text_processor: Any) -> None:
+        """Replace the processors (upstream API)."""
+        self.vis_processor, self.text_processor = vis_processor, text_processor
+
+    def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Batch items per the contract (:func:`collate_samples`)."""
+        return collate_samples(samples)
+
+    @abc.abstractmethod
+    def image_path(self, index: int) -> str:
+        """Full path of record ``index``'s image."""
+
+    @abc.abstractmethod
+    def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
+        """The item dict of record ``index`` given its processed image (without ``skipped``)."""
+
+    def load_image(self, path: str) -> torch.Tensor:
+        """Open and process one image; raises :class:`ImageOpenError` when it is missing/undecodable."""
+        if self.vis_processor is None:
+            raise RuntimeError(f"{self.name}: no vis_processor set; name one under vis_processor.train in the config")
+        if hasattr(self.vis_processor, "open"):
+            return self.vis_processor(self.vis_processor.open(path))
+        return self.vis_processor(open_image(path))
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        n = len(self)
+        for step in range(n):
+            i = (index + step) % n
+            path = self.image_path(i)
+            try:
+                image = self.load_image(path)
+            except ImageOpenError as err:
+                if self.strict_images:
+                    raise ImageOpenError(f"{self.name} record #{i}: {err} (strict_images is on)") from err
+                log_once(logger, f"bad-image:{path}", "%s: skipping record #%d: %s", self.name, i, err)
+                continue
+            item = self.make_item(i, image)
+            item["skipped"] = step
+            return item
+        raise ImageOpenError(f"{self.name}: none of the {n} records has a readable image under {self.vis_root!r}; "
+                             "check build_info.image_path")
+
+
+def instruction(question: str) -> str:
+    """Upstream's single-turn / first-turn wrapping: ``"<Img><ImageHere></Img> {question} "``."""
+    return f"{IMAGE_PLACEHOLDER} {question} "
+
+
+class ConversationDataset(BaseDataset):
+    """Items from parsed records: single-turn → ``instruction_input``/``answer``; multi-turn → ``conv_q``/``conv_a``.
+
+    The text processor runs once per question at construction (its word cuts are counted in
+    :attr:`truncated`); answers are kept as written, as upstream does.
+    """
+
+    def __init__(self, vis_processor: Any, text_processor: Any, vis_root: str, records: Iterable[Record],
+                 max_turns: Optional[int] = None, strict_images: bool = False, name: str = "") -> None:
+        super().__init__(vis_processor, text_processor, vis_root, (), strict_images)
+        self.name = name or self.name
+        if max_turns is not None and max_turns < 1:
+            raise ValueError(f"{self.name}: max_turns must be >= 1 or null, got {max_turns}")
+        self.truncated = 0
+        self.annotation = [self._prepare(r, max_turns) for r in records]
+        if self.truncated:
+            logger.warning("%s: the text processor cut %d of %d instruction(s) to its max_words", self.name,
+                           self.truncated, sum(len(r.questions) for r in self.annotation))
+
+    def _prepare(self, rec: Record, max_turns: Optional[int]) -> Record:
+        if max_turns is not None:
+            rec = rec._replace(questions=rec.questions[:max_turns], answers=rec.answers[:max_turns])
+        if self.text_processor is None:
+            return rec
+        before = getattr(self.text_processor, "truncated", 0)
+        questions = tuple(self.text_processor(q) for q in rec.questions)
+        self.truncated += getattr(self.text_processor, "truncated", 0) - before
+        return rec._replace(questions=questions)
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.vis_root, self.annotation[index].image)
+
+    def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
+        rec: Record = self.annotation[index]
+        item: Dict[str, Any] = {"image": image}
+        if len(rec.questions) == 1:
+            item["instruction_input"] = instruction(rec.questions[0])
+            item["answer"] = rec.answers[0]
+        else:
+            item["conv_q"] = [instruction(rec.questions[0])] + [f"{q} " for q in rec.questions[1:]]
+            item["conv_a"] = list(rec.answers)
+        item["image_id"] = rec.image_id
+        item["section"] = rec.section
+        return item
+
+    def section_counts(self) -> Dict[str, int]:
+        """Records per section (``""`` for unsectioned data)."""
+        return dict(Counter(r.section for r in self.annotation))

@@ -1,0 +1,179 @@
+"""The one reader of conversation records that every face dataset shares.
+
+A record is LLaVA / ShareGPT4V shaped — ``{"id", "image", "conversations": [{"from", "value"}, ...]}`` — or any
+layout a :class:`~minigpt4.datasets.schemas.FieldMap` describes (e.g. flat ``image`` / ``question`` /
+``answer``). :func:`parse_record` turns one into a compact :class:`Record` or raises :class:`RecordError` with
+the reason; :func:`read_records` streams a whole file (JSON list, or section dict) and applies the
+``on_error`` policy; :class:`DataFormatError` reports every problem with file, index and reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+from minigpt4.common.logger import get_logger
+
+logger = get_logger(__name__)
+
+IMAGE_TOKEN = "<image>"
+_IMAGE_TOKEN_RE = re.compile(r"<image>\n|\n<image>|<image>")
+MAX_LISTED = 20
+
+
+class Record(NamedTuple):
+    """One normalised sample: questions have ``<image>`` (and the newline beside it) removed."""
+
+    image: str
+    image_id: str
+    questions: Tuple[str, ...]
+    answers: Tuple[str, ...]
+    section: str
+    source: str
+    index: int
+    has_image_token: bool
+
+
+class RecordError(ValueError):
+    """One malformed record; ``str()`` = ``file[section] #index: reason``."""
+
+    def __init__(self, source: str, index: int, reason: str, section: str = "") -> None:
+        where = f"{source}[{section!r}]" if section else source
+        super().__init__(f"{where} record #{index}: {reason}")
+        self.source, self.index, self.reason, self.section = source, index, reason, section
+
+
+class DataFormatError(ValueError):
+    """Malformed records found at build time; lists up to ``MAX_LISTED`` of them and the fix."""
+
+    def __init__(self, errors: List[RecordError], hint: str = "") -> None:
+        lines = [str(e) for e in errors[:MAX_LISTED]]
+        more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
+        fix = hint or "fix the records, or set on_error: skip in the dataset config to skip them (they are counted)"
+        super().__init__(f"{len(errors)} malformed record(s):\n  " + "\n  ".join(lines) + more + f"\nFix: {fix}")
+        self.errors = errors
+
+
+def strip_image_token(text: str) -> Tuple[str, int]:
+    """Remove every ``<image>`` with one newline beside it; returns ``(stripped text, tokens removed)``."""
+    out, n = _IMAGE_TOKEN_RE.subn("", text)
+    return out.strip(), n
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is {type(value).__name__}, expected a string")
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    return value
+
+
+def _flat_pairs(raw: Dict[str, Any], fmap: Any) -> List[Tuple[str, str]]:
+    for key in (fmap.question, fmap.answer):
+        if key not in raw:
+            raise ValueError(f"missing key {key!r} (field_map.question/answer); keys present: {sorted(raw)}")
+    return [(_text(raw[fmap.question], f"{fmap.question!r}"), _text(raw[fmap.answer], f"{fmap.answer!r}"))]
+
+
+def _turn_pairs(raw: Dict[str, Any], fmap: Any) -> List[Tuple[str, str]]:
+    key = fmap.conversations
+    if key not in raw:
+        raise ValueError(f"missing key {key!r} (field_map.conversations); keys present: {sorted(raw)}")
+    turns = raw[key]
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{key!r} must be a non-empty list of turns, got {type(turns).__name__}")
+    humans, bots = set(fmap.human_roles), set(fmap.assistant_roles)
+    pairs, question = [], None
+    for t, turn in enumerate(turns):
+        if not isinstance(turn, dict) or fmap.role not in turn or fmap.content not in turn:
+            raise ValueError(f"turn {t} must be an object with {fmap.role!r} and {fmap.content!r}")
+        role, value = turn[fmap.role], _text(turn[fmap.content], f"turn {t} {fmap.content!r}")
+        expected = humans if question is None else bots
+        if role not in humans | bots:
+            raise ValueError(f"turn {t} has unknown role {role!r} (expected one of {sorted(humans | bots)})")
+        if role not in expected:
+            raise ValueError(f"odd turn order: turn {t} is from {role!r}, expected one of {sorted(expected)} "
+                             "(turns must alternate, starting with a question)")
+        if question is None:
+            question = value
+        else:
+            pairs.append((question, value))
+            question = None
+    if question is not None:
+        raise ValueError(f"the last turn ({len(turns) - 1}) is a question without an answer")
+    return pairs
+
+
+def parse_record(raw: Any, fmap: Any, source: str = "", index: int = 0, section: str = "",
+                 require_image_token: bool = False) -> Record:
+    """Normalise one raw record; raises :class:`RecordError` naming file, index and reason."""
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError(f"a record must be a JSON object, got {type(raw).__name__}")
+        if fmap.image not in raw:
+            raise ValueError(f"missing key {fmap.image!r} (text-only records are not supported)")
+        image = _text(raw[fmap.image], f"{fmap.image!r}")
+        pairs = _flat_pairs(raw, fmap) if fmap.question else _turn_pairs(raw, fmap)
+        questions, tokens = [], 0
+        for q, _ in pairs:
+            stripped, n = strip_image_token(q)
+            tokens += n
+            questions.append(_text(stripped, "a question without its <image> token"))
+        if tokens > 1:
+            raise ValueError(f"{tokens} '<image>' tokens but a record holds one image")
+        if require_image_token and tokens == 0:
+            raise ValueError("no '<image>' token in the questions (require_image_token is on)")
+        rid = raw.get(fmap.id)
+        if rid is not None and not isinstance(rid, (str, int)):
+            raise ValueError(f"{fmap.id!r} is {type(rid).__name__}, expected a string or an integer")
+        image_id = str(rid) if rid is not None else image
+        return Record(image, image_id, tuple(questions), tuple(a for _, a in pairs), section, source, index,
+                      tokens == 1)
+    except ValueError as err:
+        raise RecordError(source, index, str(err), section) from None
+
+
+def parse_all(items: Iterable[Tuple[int, Any]], fmap: Any, source: str, section: str, on_error: str,
+              errors: List[RecordError], require_image_token: bool = False) -> Iterator[Record]:
+    """Parse ``(index, raw)`` pairs; malformed ones go to ``errors`` (the caller applies ``on_error``)."""
+    for index, raw in items:
+        try:
+            yield parse_record(raw, fmap, source, index, section, require_image_token)
+        except RecordError as err:
+            errors.append(err)
+
+
+def apply_error_policy(errors: List[RecordError], on_error: str, what: str) -> None:
+    """``on_error: error`` → raise :class:`DataFormatError`; ``skip`` → log the count per reason."""
+    if not errors:
+        return
+    if on_error == "error":
+        raise DataFormatError(errors)
+    reasons = Counter(re.sub(r"\d+", "N", e.reason) for e in errors)
+    summary = "; ".join(f"{n}x {r}" for r, n in reasons.most_common(5))
+    logger.warning("%s: skipped %d malformed record(s) (on_error: skip): %s. First: %s",
+                   what, len(errors), summary, errors[0])
+
+
+def dedupe_by_image(records: List[Record]) -> Tuple[List[Record], int]:
+    """Keep the first record of each image (paths compared after ``normpath``); returns (kept, dropped)."""
+    seen, kept = set(), []
+    for rec in records:
+        key = os.path.normpath(rec.image)
+        if key not in seen:
+            seen.add(key)
+            kept.append(rec)
+    return kept, len(records) - len(kept)
+
+
+def normalise_section(name: str) -> str:
+    """Section names are compared after trimming surrounding whitespace."""
+    return name.strip()
+
+
+def find_prompt_section(name: str, prompt_sections: Iterable[str]) -> Optional[str]:
+    """The prompt-template section ``name`` matches (trimmed, case-insensitive), or None."""
+    wanted = normalise_section(name).lower()
+    return next((p for p in prompt_sections if normalise_section(p).lower() == wanted), None)
