@@ -103,6 +103,12 @@ class ModelConfig:
         MISSING, "any", required=True, help="HF LLaMA folder (config.json + tokenizer) or a local .gguf file"
     )
     llm_precision: str = choice_field("fp16", ["fp16", "bf16", "fp32"])  # FaceGPT: upstream always fp16
+    attn_implementation: Optional[str] = choice_field(
+        None,
+        [None, "sdpa", "eager"],
+        help="attention kernels of EVA, Q-Former and LLM: null = library defaults (fused kernels); "
+        "eager = upstream's explicit attention math everywhere (closest to upstream's numbers, slower)",
+    )  # FaceGPT
     low_resource: bool = False
     device_8bit: int = 0
     use_grad_checkpoint_llm: bool = False
@@ -124,10 +130,15 @@ class ModelConfig:
     chat_template: bool = False
     max_txt_len: int = 32
     max_context_len: int = 3800
-    end_sym: str = "\n"
+    end_sym: Optional[str] = field(
+        default=None,
+        metadata={"help": "text appended to every answer; null = '\\n' (upstream's default) with prompt_format "
+                  "upstream, the tokenizer's end-of-turn token with tokenizer_chat_template"},
+    )
 
     # weights
     ckpt: Optional[str] = path_field("", "file", help="MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint (.pth)")
+    ckpt_partial: bool = False  # FaceGPT: let ckpt lack trainable weights (they keep their init; listed in the log)
 
 
 # ------------------------------------------------------------------------------------ datasets
