@@ -92,8 +92,8 @@ class _Reader:
                 if maybe_cut and self._fill():
                     continue
                 raise self.fail(err.pos, err.msg) from None
-            if end >= len(self.buf) and not self.eof and self._fill():
-                continue  # a number or literal at the very end may be cut: decode again with more text
+            if end > len(self.buf) - 32 and not self.eof and self._fill():
+                continue  # a number near the end may be cut ("1e", "-0."): decode again with more text
             self.pos = end
             return obj
 
