@@ -172,15 +172,17 @@ class RunnerBase:
         return answer
 
     def _new_run_dir(self, job_dir: Path) -> Path:
-        run_dir = job_dir / self.job_id
+        """``<job_dir>/<run.run_id or job_id>``; a timestamp id that is taken gets a ``_<n>`` suffix."""
+        name = self.run_cfg.run_id or self.job_id
+        run_dir = job_dir / name
         if (run_dir / LATEST).exists():
             if self.run_cfg.run_id:
                 raise ValueError(f"run folder {run_dir} already holds checkpoints: continue it with --options "
                                  "run.resume_ckpt_path=auto, or pick another run.run_id")
             n = 1
-            while (job_dir / f"{self.job_id}_{n}").exists():
+            while (job_dir / f"{name}_{n}").exists():
                 n += 1
-            run_dir = job_dir / f"{self.job_id}_{n}"
+            run_dir = job_dir / f"{name}_{n}"
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
 
