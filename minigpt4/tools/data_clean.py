@@ -94,7 +94,8 @@ def clean_record(raw: Any) -> Tuple[str, Any, int]:
         if verdict == "stripped":
             stripped += 1
             a = dict(a, value=text)
-        if not kept and q is not turns[0] and isinstance(q.get("value"), str) and "<image>" in turns[0].get("value", ""):
+        moved = not kept and q is not turns[0] and "<image>" in str(turns[0].get("value", ""))
+        if moved and isinstance(q.get("value"), str):
             q = dict(q, value="<image>\n" + q["value"])  # the image token follows the first kept question
         kept += [q, a]
     if not kept:

@@ -39,7 +39,8 @@ QUESTIONS = {
     "Facial Expression due to contextual cues": ["What facial expression does the person show?",
                                                  "How does this person feel, judging by the face?"],
     "Human or not": ["Is this a human face?", "Does this image show a human face?"],
-    "Fitzpatrick": ["What is the Fitzpatrick skin type of the person?", "Classify the skin tone on the Fitzpatrick scale."],
+    "Fitzpatrick": ["What is the Fitzpatrick skin type of the person?",
+                    "Classify the skin tone on the Fitzpatrick scale."],
     "Facial Characteristics Short ": ["Describe the face briefly."],
     "Facial Characteristics Long": ["Describe the facial characteristics of this person in detail."],
 }

@@ -46,7 +46,8 @@ def test_sharegpt_items_single_and_multi_turn(data_root) -> None:
     assert third["conv_q"] == [f"{PLACEHOLDER} Is this a human face? ", "What is the expression? ", "And the skin? "]
     assert third["conv_a"] == ["Yes, this is a human face.", "The person looks sad.", "Fitzpatrick type V."]
     assert "instruction_input" not in third
-    assert fourth["instruction_input"] == f'{PLACEHOLDER} Describe this image in detail: "quotes" (and) *stars*; ~tilde~. '
+    expected = f'{PLACEHOLDER} Describe this image in detail: "quotes" (and) *stars*; ~tilde~. '
+    assert fourth["instruction_input"] == expected
 
 
 def test_blip_caption_keeps_upstream_text_behaviour_when_named(data_root) -> None:
@@ -140,8 +141,10 @@ def test_facegpt4vision_sections_items_and_names(data_root) -> None:
     assert all(PLACEHOLDER in (it.get("instruction_input") or it["conv_q"][0]) for it in items)
     assert items[0]["section"] == "Facial Expression due to contextual cues" and items[0]["image_id"] == "e1"
     conv = next(it for it in items if "conv_q" in it)
-    assert conv["conv_q"] == [f"{PLACEHOLDER} Fitzpatrick type? ", "Are you sure? "] and conv["section"] == "Fitzpatrick"
-    chosen = build("gpt4visionface_detail", gpt_cfg(data_root, sections=[" Facial Characteristics Short", "Fitzpatrick"]))
+    assert conv["conv_q"] == [f"{PLACEHOLDER} Fitzpatrick type? ", "Are you sure? "]
+    assert conv["section"] == "Fitzpatrick"
+    wanted = [" Facial Characteristics Short", "Fitzpatrick"]
+    chosen = build("gpt4visionface_detail", gpt_cfg(data_root, sections=wanted))
     assert chosen["train"].section_counts() == {"Facial Characteristics Short": 1, "Fitzpatrick": 3}
 
 
