@@ -17,7 +17,6 @@ from typing import Any, Dict, Optional, Type
 
 from omegaconf import DictConfig, OmegaConf
 
-from minigpt4 import LIBRARY_ROOT
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import DatasetConfig
@@ -25,6 +24,9 @@ from minigpt4.datasets.schemas import check_choices
 from minigpt4.processors.base_processor import BaseProcessor
 
 logger = get_logger(__name__)
+
+#: the ``minigpt4/`` folder (same as ``minigpt4.LIBRARY_ROOT``); DATASET_CONFIG_DICT paths are relative to it
+LIBRARY_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DatasetConfigError(ValueError):
