@@ -10,6 +10,7 @@ config (upstream hard-wired dropout and target modules).
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -155,7 +156,9 @@ def add_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft calls transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
     n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     logger.info("LoRA r=%d alpha=%s dropout=%s on %s: %d trainable parameters", r, alpha, dropout, target_modules, n_lora)
     return peft_model

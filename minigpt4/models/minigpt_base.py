@@ -25,6 +25,7 @@ sets it; v1 datasets bring pre-formatted prompts or use ``prompt_path``); conver
 
 from __future__ import annotations
 
+import itertools
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ UPSTREAM_DEFAULT_END_SYM = "\n"
 #: consecutive patch tokens merged into one LLM token in the models without Q-Former
 MERGE_TOKENS = 4
 _ANSWER_SENTINEL = "<<FACEGPT_ANSWER_{}>>"
+_INSTANCE_IDS = itertools.count()  # for once-per-model log keys
 
 
 class ModelConfigError(ValueError):
@@ -124,6 +126,7 @@ class MiniGPTBase(nn.Module):
         self.on_meta = llm_config is not None
         self.weight_sources: Dict[str, str] = {}  # key prefix -> file that provided those weights
         self.truncation_stats: Dict[str, int] = {"samples": 0, "answers_truncated": 0, "contexts_truncated": 0}
+        self._instance = next(_INSTANCE_IDS)
         self.Qformer: Optional[nn.Module] = None
         self.query_tokens: Optional[nn.Parameter] = None
         self._init_llm(cfg, llm_config)
@@ -290,7 +293,7 @@ class MiniGPTBase(nn.Module):
         if count <= 0:
             return
         self.truncation_stats[kind] += count
-        log_once(logger, f"truncation:{kind}", "%s; counted in model.truncation_stats (totals logged at the end): %s",
+        log_once(logger, f"truncation:{kind}:{self._instance}", "%s; counted in model.truncation_stats (totals logged at the end): %s",
                  detail, self.truncation_stats)
 
     def log_truncation_summary(self) -> Dict[str, int]:
