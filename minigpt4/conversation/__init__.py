@@ -15,11 +15,11 @@ from minigpt4.conversation.conversation import (
     template_for,
     template_name_for,
 )
-from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError, StopOnSequences
+from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError
 
 __all__ = [
     "AnswerCleaner", "AnswerStream", "CONV_CHAT_TEMPLATE", "CONV_VISION_LLama2", "CONV_VISION_Vicuna0",
     "CONV_VISION_minigptv2", "Chat", "ChatTemplateConversation", "ContextTooLongError", "Conversation",
     "GenerationSettings", "IMAGE_PLACEHOLDER", "PendingImage", "Reply", "SeparatorStyle", "SettingsError",
-    "StopOnSequences", "TEMPLATES", "TemplateError", "template_for", "template_name_for",
+    "TEMPLATES", "TemplateError", "template_for", "template_name_for",
 ]

@@ -25,12 +25,11 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from minigpt4.common.logger import get_logger
-from minigpt4.conversation.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN, Conversation
-from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, StopOnSequences
+from minigpt4.conversation.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN, Conversation, template_for
+from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings
 from minigpt4.processors.image_io import open_image
 
 logger = get_logger(__name__)
@@ -62,18 +61,32 @@ class Reply:
     context_len: int = 0
 
 
-class _IdQueueStreamer(BaseStreamer):
-    """Hands each generated id batch from the generation thread to the consumer through a queue."""
+class AnswerCancelled(Exception):
+    """Raised inside the generation thread (through the streamer) to stop an answer early."""
 
-    def __init__(self, out: "queue.Queue[Any]") -> None:
+
+class _IdQueueStreamer(BaseStreamer):
+    """Hands each generated id batch from the generation thread to the consumer through a queue.
+
+    Cancelling works through the streamer: once ``cancel`` is set, the next token raises :class:`AnswerCancelled`
+    inside ``generate``, which ends the generation at once (the ids streamed so far are the partial answer).
+    """
+
+    def __init__(self, out: "queue.Queue[Any]", cancel: threading.Event) -> None:
         self.out = out
+        self.cancel = cancel
         self.prompt_seen = False
+        self.ids: List[int] = []
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # the first call carries the prompt ids (none for an embeddings-only prompt)
             self.prompt_seen = True
             return
-        self.out.put([int(i) for i in value.reshape(-1).tolist()])
+        if self.cancel.is_set():
+            raise AnswerCancelled()
+        new = [int(i) for i in value.reshape(-1).tolist()]
+        self.ids.extend(new)
+        self.out.put(new)
 
     def end(self) -> None:
         """Nothing to flush: the generation thread reports completion itself."""
@@ -87,7 +100,8 @@ class Chat:
             ``llama_tokenizer``).
         vis_processor: the eval image processor (PIL image → ``[3,S,S]``), from the model config's ``preprocess``.
         device: where images are sent (the model must already be there).
-        template: the conversation template (see :func:`~minigpt4.conversation.conversation.template_for`).
+        template: the conversation template; None = chosen from ``model.cfg`` by
+            :func:`~minigpt4.conversation.conversation.template_for`.
         settings: default generation settings (greedy unless changed).
     """
 
@@ -101,9 +115,12 @@ class Chat:
 
     # ------------------------------------------------------------------------ conversation
     def new_conversation(self) -> Conversation:
-        """A fresh copy of the template."""
+        """A fresh copy of the template (by default the one :func:`template_for` picks from ``model.cfg``)."""
         if self.template is None:
-            raise ValueError("Chat was built without a template; pass template=template_for(model_cfg, tokenizer)")
+            if getattr(self.model, "cfg", None) is None:
+                raise ValueError("Chat was built without a template and the model has no cfg; pass "
+                                 "template=template_for(model_cfg, tokenizer)")
+            self.template = template_for(self.model.cfg, getattr(self.model, "llama_tokenizer", None))
         return self.template.copy()
 
     def upload_img(self, image: ImageInput, conv: Conversation, img_list: list) -> str:
@@ -165,7 +182,7 @@ class Chat:
         settings = self.settings.replace(**overrides) if overrides else self.settings
         embs, prompt, dropped = self._prepare(conv, img_list, settings)
         cleaner = self._cleaner(conv)
-        ids = self._generate(embs, settings, streamer=None, cancel=None)
+        ids = self._generate(embs, settings)
         reply = Reply(cleaner.text(ids), ids, dropped, False, prompt, int(embs.shape[1]))
         conv.messages[-1][1] = reply.text
         return reply
@@ -236,15 +253,14 @@ class Chat:
                            "turn(s) were left out of the prompt (the transcript keeps them)", budget, dropped)
         return work, dropped, embs
 
-    def _generate(self, embs: torch.Tensor, settings: GenerationSettings, streamer: Optional[BaseStreamer],
-                  cancel: Optional[threading.Event]) -> List[int]:
-        """Run the model's generation on ``embs`` ``[1, L, H]``; returns the new ids."""
+    def _generate(self, embs: torch.Tensor, settings: GenerationSettings,
+                  streamer: Optional[BaseStreamer] = None) -> List[int]:
+        """Run the model's generation on ``embs`` ``[1, L, H]`` (stops: ``model.stop_sequences()``); new ids."""
         if settings.do_sample and settings.seed is not None:
             torch.manual_seed(settings.seed)
-        criteria = StoppingCriteriaList([StopOnSequences(self.model.stop_sequences(), cancel)])
         attention_mask = torch.ones(embs.shape[:2], dtype=torch.long, device=embs.device)  # (1, L)
         with torch.inference_mode():
-            out = self.model.generate_from_embeds(embs, attention_mask, streamer=streamer, stopping_criteria=criteria,
+            out = self.model.generate_from_embeds(embs, attention_mask, streamer=streamer,
                                                   **settings.generate_kwargs())
         return [int(i) for i in out[0].tolist()]
 
@@ -278,14 +294,17 @@ class AnswerStream:
         self._queue: "queue.Queue[Any]" = queue.Queue()
         self._ids: List[int] = []
         self._shown = ""
-        streamer = _IdQueueStreamer(self._queue) if settings.num_beams == 1 else None
+        self._streamer = _IdQueueStreamer(self._queue, self._cancel)
+        streamer = self._streamer if settings.num_beams == 1 else None
         self._thread = threading.Thread(target=self._run, args=(chat, embs, settings, streamer), daemon=True)
         self._thread.start()
 
     def _run(self, chat: Chat, embs: torch.Tensor, settings: GenerationSettings,
              streamer: Optional[BaseStreamer]) -> None:
         try:
-            self._queue.put(("done", chat._generate(embs, settings, streamer, self._cancel)))
+            self._queue.put(("done", chat._generate(embs, settings, streamer)))
+        except AnswerCancelled:
+            self._queue.put(("done", list(self._streamer.ids)))
         except BaseException as err:  # handed to the consumer thread, which re-raises it
             self._queue.put(("error", err))
 
@@ -328,7 +347,7 @@ class AnswerStream:
         """Stop generating, wait for the generation thread, and return the (partial) reply."""
         self._cancel.set()
         if self.reply is None:
-            for _ in self:  # drain: the stop criterion ends generation at the next token
+            for _ in self:  # drain: the streamer ends generation at the next token
                 pass
         self._thread.join()
         assert self.reply is not None

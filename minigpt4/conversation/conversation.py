@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
+from omegaconf import DictConfig, OmegaConf
+
 #: what a user turn with an image starts with (the model splits the prompt on ``<ImageHere>``)
 IMAGE_PLACEHOLDER = "<Img><ImageHere></Img>"
 IMAGE_TOKEN = "<ImageHere>"
@@ -264,8 +266,10 @@ def template_for(model_cfg: Any, tokenizer: Optional[ChatTemplateRenderer] = Non
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
-    """``cfg.key`` for a DictConfig, dataclass or dict; ``default`` when absent (read-only helper, not a default
-    store: the config schema holds the real defaults)."""
+    """``cfg.key`` for a DictConfig, dataclass or dict; ``default`` when absent or ``???`` (a reader for partial
+    configs, e.g. a preset without ``model_type``; the config schema holds the real defaults)."""
+    if isinstance(cfg, DictConfig):
+        return default if key not in cfg or OmegaConf.is_missing(cfg, key) else cfg[key]
     if isinstance(cfg, dict):
         return cfg.get(key, default)
     return getattr(cfg, key, default)

@@ -4,9 +4,8 @@
   sampled), sampling with temperature / top-p, beams, repetition and length penalty, ``max_new_tokens`` and the
   ``max_length`` budget of prompt + answer. ``/set key=value`` in the demo goes through
   :meth:`GenerationSettings.with_assignments`.
-* :class:`StopOnSequences` — a transformers ``StoppingCriteria`` that returns one bool per sequence (the
-  transformers 5 convention) when a sequence ends with one of the model's stop sequences
-  (``model.stop_sequences()``: the tokenizer's EOS and the ids of ``end_sym``), or when the answer is cancelled.
+* stop rules are the model's (``model.stop_sequences()``: the tokenizer's EOS and every tokenization of
+  ``end_sym``; ``model.generate_from_embeds`` stops each sequence on them);
 * :class:`AnswerCleaner` — turns generated ids into the answer text: cut at the first stop sequence / stop text,
   drop special tokens, drop a leading assistant role marker. :meth:`AnswerCleaner.partial` gives the part of an
   unfinished answer that is safe to show while streaming (it holds back what may still become a stop text).
@@ -15,12 +14,8 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
-
-import torch
-from transformers import StoppingCriteria
 
 from minigpt4.common.logger import get_logger
 
@@ -145,30 +140,6 @@ def _parse_value(key: str, type_name: str, raw: str) -> Any:
         kind = "true/false" if "bool" in type_name else "an integer" if "int" in type_name else "a number"
         raise SettingsError(f"{key} must be {kind}, got {raw!r}") from None
     return raw
-
-
-class StopOnSequences(StoppingCriteria):
-    """Stop a sequence once its generated ids end with any of ``stops``; stop all when ``cancel`` is set.
-
-    Returns a ``(B,)`` bool tensor, one decision per sequence (transformers 5 style), unlike upstream's
-    ``StoppingCriteriaSub`` which stopped only when the whole batch matched.
-    """
-
-    def __init__(self, stops: Sequence[Sequence[int]], cancel: Optional[threading.Event] = None) -> None:
-        self.stops = [list(map(int, s)) for s in stops if len(s) > 0]
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        batch, length = input_ids.shape
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        if self.cancel is not None and self.cancel.is_set():
-            return torch.ones_like(done)
-        for stop in self.stops:
-            if len(stop) > length:
-                continue
-            tail = torch.tensor(stop, dtype=input_ids.dtype, device=input_ids.device)
-            done |= (input_ids[:, length - len(stop):] == tail).all(dim=1)  # (B, len(stop)) -> (B,)
-        return done
 
 
 def find_stop(ids: Sequence[int], stops: Sequence[Sequence[int]]) -> Optional[int]:

@@ -1,13 +1,10 @@
-"""Generation settings, the per-sequence stop criterion and answer clean-up (finished and streamed)."""
+"""Generation settings and answer clean-up (finished and streamed)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-import torch
 
-from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError, StopOnSequences, find_stop
+from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError, find_stop
 from minigpt4.models.tokenizer import load_tokenizer
 
 
@@ -42,18 +39,6 @@ def test_settings_assignments_convert_types_and_reject_bad_input() -> None:
     with pytest.raises(SettingsError, match=r"max_length \(10\) must exceed max_new_tokens \(20\)"):
         GenerationSettings(max_new_tokens=20, max_length=10)
     assert GenerationSettings(max_new_tokens=20, max_length=50).context_limit == 30
-
-
-def test_stop_criterion_decides_per_sequence() -> None:
-    crit = StopOnSequences([[2], [7, 8]])
-    ids = torch.tensor([[5, 2], [7, 8], [8, 7], [1, 1]])
-    assert crit(ids, None).tolist() == [True, True, False, False]
-    assert crit(torch.tensor([[8]]), None).tolist() == [False]  # shorter than a stop sequence
-    cancel = threading.Event()
-    crit = StopOnSequences([[2]], cancel)
-    assert crit(torch.tensor([[5], [6]]), None).tolist() == [False, False]
-    cancel.set()
-    assert crit(torch.tensor([[5], [6]]), None).tolist() == [True, True]
 
 
 def test_find_stop_returns_the_earliest_match() -> None:
