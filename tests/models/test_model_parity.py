@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+from model_helpers import PARITY
 import torch
 
 from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import load_model_checkpoint
 
-PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
 VARIANTS = ["v1", "v1_llama2", "v2"]
 ATOL = 1e-6
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from model_helpers import LLAMA_7B, LLAMA_13B
 from transformers import LlamaConfig
 
 from minigpt4.models import MiniGPT4, MiniGPTv2
 
-
-def llama_config(hidden: int, layers: int, heads: int, intermediate: int) -> LlamaConfig:
-    """LLaMA / Vicuna / LLaMA-2 architecture (vocab 32000, untied head)."""
-    return LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, tie_word_embeddings=False)
-
-
-LLAMA_7B = llama_config(4096, 32, 32, 11008)
-LLAMA_13B = llama_config(5120, 40, 40, 13824)
 VIT_448 = 986_975_872  # EVA-ViT-g (39 blocks) with 448-pixel position embeddings: 987.0 M
 
 

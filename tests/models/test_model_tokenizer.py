@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from model_helpers import PARITY
 import sentencepiece as spm
 
 from minigpt4.models.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, load_tokenizer
 
-PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
 
 
 @pytest.mark.parametrize("variant", ["v1", "v1_llama2", "v2"])
