@@ -167,7 +167,8 @@ def _shape_hint_for(model: nn.Module):
                              f"(input {model_shape[1]} = 4 merged patches); check model_type / has_qformer")
             elif q_width is not None:
                 notes.append(f"no-Q-Former checkpoint (projection input {file_shape[1]}, 4 merged patches) with a "
-                             f"Q-Former config (input {model_shape[1]}); check model_type (pretrain_llama2, minigpt_v2)")
+                             f"Q-Former config (input {model_shape[1]}); check model_type "
+                             "(pretrain_llama2, minigpt_v2)")
         if _is_lora(key):
             if ".lora_A." in key and file_shape[0] != model_shape[0]:
                 notes.append(f"LoRA rank differs: the file has r={file_shape[0]}, set model.lora_r: {file_shape[0]}")
@@ -203,7 +204,9 @@ def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, partial: bo
     raw = torch_load_weights(path, what="a MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint ({'model': {...}})")
     state = raw["model"] if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else raw
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected {{'model': {{name: tensor}}}} or a state dict, found {type(state).__name__}")
+        raise ValueError(
+            f"{path}: expected {{'model': {{name: tensor}}}} or a state dict, found {type(state).__name__}"
+        )
     mapped, renamed, unused, problems = _sort_keys(model, state)
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
@@ -227,7 +230,8 @@ def _add_notes(report: LoadReport, model: nn.Module, trainable: Set[str]) -> Non
     lora = [k for k in report.matched if _is_lora(k)]
     if lora or any(_is_lora(k) for k in trainable):
         short = sum(1 for f in report.renamed if _LORA_SHORT.search(f))
-        note = f"{len(lora)} LoRA tensors matched ({short} in peft 0.2.0 spelling, {len(lora) - short} with '.{ADAPTER}')"
+        note = (f"{len(lora)} LoRA tensors matched ({short} in peft 0.2.0 spelling, "
+                f"{len(lora) - short} with '.{ADAPTER}')")
         report.notes.append(note)
     untouched = sorted(k for k in report.expected_absent if k in trainable and not _sourced_elsewhere(model, k))
     if untouched:

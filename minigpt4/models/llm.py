@@ -118,7 +118,9 @@ def load_llm(
     return model
 
 
-def build_llm_from_config(config: Any, *, precision: str = "fp16", attn_implementation: Optional[str] = None) -> nn.Module:
+def build_llm_from_config(
+    config: Any, *, precision: str = "fp16", attn_implementation: Optional[str] = None
+) -> nn.Module:
     """A causal LM with random weights from a transformers config (used on the ``meta`` device, no files)."""
     from transformers import AutoModelForCausalLM
 
@@ -160,7 +162,9 @@ def add_lora(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    logger.info("LoRA r=%d alpha=%s dropout=%s on %s: %d trainable parameters", r, alpha, dropout, target_modules, n_lora)
+    logger.info(
+        "LoRA r=%d alpha=%s dropout=%s on %s: %d trainable parameters", r, alpha, dropout, target_modules, n_lora
+    )
     return peft_model
 
 

@@ -43,7 +43,8 @@ class MiniGPT4(MiniGPTBase):
         self.Qformer, self.query_tokens = build_qformer(
             cfg.qformer_config, cfg.num_query_token, int(self.visual_encoder.num_features), attn_implementation=attn
         )
-        path = None if self.on_meta else _optional_path(cfg, "q_former_model", "BLIP-2 weights (blip2_pretrained_flant5xxl.pth)")
+        what = "BLIP-2 weights (blip2_pretrained_flant5xxl.pth)"
+        path = None if self.on_meta else _optional_path(cfg, "q_former_model", what)
         if path:
             report = load_blip2_qformer(self.Qformer, self.query_tokens, self.ln_vision, path, self.visual_encoder)
             report.log(logger)

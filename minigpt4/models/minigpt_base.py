@@ -149,7 +149,8 @@ class MiniGPTBase(nn.Module):
         """The preset YAML of ``model_type`` (upstream's ``default_config_path``)."""
         if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
             raise ModelConfigError(
-                f"unknown model_type {model_type!r} for {cls.__name__}; known: {sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
+                f"unknown model_type {model_type!r} for {cls.__name__}; "
+                f"known: {sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
             )
         return LIBRARY_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
 
@@ -293,8 +294,8 @@ class MiniGPTBase(nn.Module):
         if count <= 0:
             return
         self.truncation_stats[kind] += count
-        log_once(logger, f"truncation:{kind}:{self._instance}", "%s; counted in model.truncation_stats (totals logged at the end): %s",
-                 detail, self.truncation_stats)
+        log_once(logger, f"truncation:{kind}:{self._instance}",
+                 "%s; counted in model.truncation_stats (totals logged at the end): %s", detail, self.truncation_stats)
 
     def log_truncation_summary(self) -> Dict[str, int]:
         """Log (once per call, e.g. at the end of a run) and return the truncation totals."""
@@ -543,7 +544,9 @@ class MiniGPTBase(nn.Module):
             out_ids, out_atts, out_targets = self._answer_block(list(samples["answer"]))
         cond_embs, cond_atts, cond_ids = self.prompt_wrap(img_embeds, img_atts, prompts)
         out_embs = self.embed_tokens(out_ids)  # (B, T, H)
-        embs, atts, ids, lens = self.concat_emb_input_output(cond_embs, cond_atts, cond_ids, out_embs, out_atts, out_ids)
+        embs, atts, ids, lens = self.concat_emb_input_output(
+            cond_embs, cond_atts, cond_ids, out_embs, out_atts, out_ids
+        )
         prefix = 0
         if self.add_bos:
             bos = torch.full((embs.shape[0], 1), self.tokenizer.bos_id, dtype=torch.long, device=self.device)

@@ -27,5 +27,7 @@ class MiniGPTv2(MiniGPTBase):
 
     def _init_image_adapter(self, cfg: DictConfig) -> int:
         if cfg.has_qformer:
-            raise ModelConfigError("MiniGPT-v2 has no Q-Former: set model.has_qformer: False (the minigpt_v2 presets do)")
+            raise ModelConfigError(
+                "MiniGPT-v2 has no Q-Former: set model.has_qformer: False (the minigpt_v2 presets do)"
+            )
         return super()._init_image_adapter(cfg)

@@ -7,9 +7,8 @@ from typing import Any, Callable, Dict, Optional
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from model_helpers import write_tiny_blip2, write_tiny_eva
+from omegaconf import OmegaConf
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +29,9 @@ def tiny_config(tiny_weights: Dict[str, str]) -> Callable[..., Any]:
 
     def make(arch: str, model_type: str = "tiny", **overrides: Any) -> Any:
         cls = registry.get_model_class(arch)
-        paths: Dict[str, Optional[str]] = {"vit_ckpt": tiny_weights["vit_ckpt"], "llama_model": tiny_weights["llama_model"]}
+        paths: Dict[str, Optional[str]] = {
+            "vit_ckpt": tiny_weights["vit_ckpt"], "llama_model": tiny_weights["llama_model"]
+        }
         if arch == "minigpt4":
             paths["q_former_model"] = tiny_weights["q_former_model"]
         return cls.default_config(model_type, OmegaConf.merge(paths, overrides))

@@ -7,12 +7,11 @@ from typing import Any, Callable, Dict
 
 import pytest
 import torch
+from model_helpers import LLAMA_7B, LLAMA_13B
 
-from minigpt4.models import MiniGPT4, MiniGPTv2
+from minigpt4.models import MiniGPT4
 from minigpt4.models.checkpoint import load_model_checkpoint, save_model_checkpoint
 from minigpt4.models.keymap import CheckpointKeyError
-
-from model_helpers import LLAMA_7B, LLAMA_13B
 
 V1_BUFFERS = [f"llama_model.model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(2)]
 V2_PREFIX = "llama_model.base_model.model.model.layers"
@@ -56,7 +55,8 @@ def test_minigpt4_release_format(tiny_model: Callable[..., Any], tmp_path: Path)
     assert "2 matched" in report.summary()
     # a plain state dict (no 'model' wrapper) loads the same way
     torch.save(state, tmp_path / "plain.pth")
-    assert sorted(load_model_checkpoint(model, tmp_path / "plain.pth").matched) == ["llama_proj.bias", "llama_proj.weight"]
+    plain = load_model_checkpoint(model, tmp_path / "plain.pth")
+    assert sorted(plain.matched) == ["llama_proj.bias", "llama_proj.weight"]
 
 
 @pytest.mark.parametrize("spelling", ["", ".default"], ids=["peft-0.2.0", "peft-default"])

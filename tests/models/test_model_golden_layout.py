@@ -46,12 +46,14 @@ def _check(model: Any, samples: dict, ids: List[List[int]], labels: List[List[in
     assert inputs.inputs_embeds.shape == (len(ids), len(ids[0]), model.llm_hidden_size)
 
 
-def test_v1_vicuna0_stage2_sample(tiny_model: Callable[..., Any], sp: spm.SentencePieceProcessor, one_prompt: str) -> None:
+def test_v1_vicuna0_stage2_sample(tiny_model: Callable[..., Any], sp: spm.SentencePieceProcessor,
+                                  one_prompt: str) -> None:
     """``[BOS] ###Human: <Img> [IMG×Q] </Img> Describe … ###Assistant: <caption>### [pads]`` (prompt_path)."""
     model = tiny_model("minigpt4", prompt_path=one_prompt, prompt_template="###Human: {} ###Assistant: ",
                        end_sym="###")
     assert model.prompt_list == ["###Human: <Img><ImageHere></Img> Describe this image in detail. ###Assistant: "]
-    head = [BOS] + sp.encode("###Human: <Img>") + [IMG] * 4 + sp.encode("</Img> Describe this image in detail. ###Assistant: ")
+    head = ([BOS] + sp.encode("###Human: <Img>") + [IMG] * 4
+            + sp.encode("</Img> Describe this image in detail. ###Assistant: "))
     long_ans = sp.encode("The woman has a neutral expression.###")
     short_ans = sp.encode("A face.###")
     pad = [3] * (len(long_ans) - len(short_ans))
@@ -61,7 +63,8 @@ def test_v1_vicuna0_stage2_sample(tiny_model: Callable[..., Any], sp: spm.Senten
            labels=[[X] * len(head) + long_ans, [X] * len(head) + short_ans + [X] * len(pad)])
 
 
-def test_v1_llama2_stage2_sample(tiny_model: Callable[..., Any], sp: spm.SentencePieceProcessor, one_prompt: str) -> None:
+def test_v1_llama2_stage2_sample(tiny_model: Callable[..., Any], sp: spm.SentencePieceProcessor,
+                                 one_prompt: str) -> None:
     """``[BOS] [INST] <Img> [IMG×64] </Img> Describe … [/INST] <caption></s>``: EOS is a supervised target."""
     model = tiny_model("minigpt4", has_qformer=False, q_former_model=None, prompt_path=one_prompt,
                        prompt_template="[INST] {} [/INST] ", end_sym="</s>")
@@ -77,13 +80,16 @@ def test_v2_single_turn_refcoco_sample(tiny_model: Callable[..., Any], sp: spm.S
     model = tiny_model("minigpt_v2")
     question = "<Img><ImageHere></Img> [refer] where is the man in red ? "
     answer_text = "{<12><30><58><97>}"
-    head = [BOS] + sp.encode("[INST] <Img>") + [IMG] * 64 + sp.encode("</Img> [refer] where is the man in red ?  [/INST]")
+    head = ([BOS] + sp.encode("[INST] <Img>") + [IMG] * 64
+            + sp.encode("</Img> [refer] where is the man in red ?  [/INST]"))
     answer = sp.encode(answer_text) + [EOS]
-    other_head = [BOS] + sp.encode("[INST] <Img>") + [IMG] * 64 + sp.encode("</Img> [vqa] Is this a human face? [/INST]")
+    other_head = ([BOS] + sp.encode("[INST] <Img>") + [IMG] * 64
+                  + sp.encode("</Img> [vqa] Is this a human face? [/INST]"))
     other_answer = sp.encode("Yes.") + [EOS]
     # the shorter condition's padding moves behind its answer block (upstream's concat_emb_input_output)
     tail = [3] * (len(answer) - len(other_answer)) + [3] * (len(head) - len(other_head))
-    samples = {"image": _images(2), "instruction_input": [question, "<Img><ImageHere></Img> [vqa] Is this a human face?"],
+    samples = {"image": _images(2),
+               "instruction_input": [question, "<Img><ImageHere></Img> [vqa] Is this a human face?"],
                "answer": [answer_text, "Yes."]}
     _check(model, samples,
            ids=[head + answer, other_head + other_answer + tail],

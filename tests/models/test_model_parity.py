@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-from model_helpers import PARITY
 import torch
+from model_helpers import PARITY
 
 from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import load_model_checkpoint

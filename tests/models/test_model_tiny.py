@@ -171,7 +171,8 @@ def test_generation_batched_and_streamed(tiny_model: Callable[..., Any]) -> None
 
     model = tiny_model("minigpt_v2")
     images = _batch()["image"]
-    texts = ["<s>[INST] <Img><ImageHere></Img> Describe the face. [/INST]", "<s>[INST] <Img><ImageHere></Img> Hi [/INST]"]
+    texts = ["<s>[INST] <Img><ImageHere></Img> Describe the face. [/INST]",
+             "<s>[INST] <Img><ImageHere></Img> Hi [/INST]"]
     embs, mask = model.batch_context(images, texts)
     img = model.encode_img(images[:1])[0]
     n0, n1 = (len(model.context_layout(t, [img])) for t in texts)
@@ -197,7 +198,8 @@ def test_generation_batched_and_streamed(tiny_model: Callable[..., Any]) -> None
 def test_stop_rule_ends_each_row(tiny_model: Callable[..., Any]) -> None:
     """A stop sequence ends generation of the rows that produce it (here: whatever the first token is)."""
     model = tiny_model("minigpt_v2")
-    emb = model.get_context_emb("<s>[INST] <Img><ImageHere></Img> Hi [/INST]", [model.encode_img(_batch(1)["image"])[0]])
+    image = model.encode_img(_batch(1)["image"])[0]
+    emb = model.get_context_emb("<s>[INST] <Img><ImageHere></Img> Hi [/INST]", [image])
     free = model.generate_from_embeds(emb, max_new_tokens=5, do_sample=False)
     first = int(free[0, 0])
     stopped = model.generate_from_embeds(emb, stop_sequences=[[first]], max_new_tokens=5, do_sample=False)

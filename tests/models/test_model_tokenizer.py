@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from model_helpers import PARITY
 import sentencepiece as spm
+from model_helpers import PARITY
 
 from minigpt4.models.tokenizer import HFTokenizer, SentencePieceTokenizer, TokenizerError, load_tokenizer
-
 
 
 @pytest.mark.parametrize("variant", ["v1", "v1_llama2", "v2"])
