@@ -7,9 +7,6 @@ trainable (``freeze_vit: False``) because the model refuses a frozen random towe
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -18,11 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_EVAL = {"minigpt4": REPO / "eval_configs" / "tiny_minigpt4_eval.yaml",
-             "minigpt_v2": REPO / "eval_configs" / "tiny_minigpt_v2_eval.yaml"}
-DEMO = {"minigpt4": REPO / "demo_v1_command_line.py", "minigpt_v2": REPO / "demo_v2_command_line.py"}
-
+from chat_demo_helpers import TINY_EVAL
 
 def draw_face(path: Path, seed: int = 0, size: tuple = (96, 80)) -> Path:
     """A synthetic face-like picture (skin oval, eyes, mouth) with a little noise, saved as PNG/JPEG."""
@@ -99,19 +92,3 @@ def chat_for(tiny_chats: Dict[str, Any]) -> Callable[..., Any]:
         return Chat(base.model, base.vis_processor, "cpu", base.template, GenerationSettings(**settings))
 
     return make
-
-
-def demo_env(home: Path) -> Dict[str, str]:
-    """Environment for a demo subprocess: offline, its own HOME (history file), unbuffered output."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HOME=str(home), PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
-    env.pop("XDG_CACHE_HOME", None)
-    return env
-
-
-def run_demo_subprocess(arch: str, args: List[str], home: Path, stdin: str = "",
-                        timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python demo_v?_command_line.py ARGS`` with ``stdin`` piped in (so it is not a terminal)."""
-    return subprocess.run([sys.executable, str(DEMO[arch]), *args], input=stdin, capture_output=True, text=True,
-                          env=demo_env(home), cwd=str(home), timeout=timeout)

@@ -1,0 +1,146 @@
+"""One-shot mode of the demos (``--prompt`` or questions on standard input) and their one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List
+
+import pytest
+import torch
+
+from minigpt4.conversation.cli import V1_DEMO, V2_DEMO, InteractiveChat, run_demo
+from minigpt4.conversation.session import ChatSession
+
+from chat_demo_helpers import DEMO, TINY_EVAL, run_demo_subprocess
+
+SPECS = {"minigpt4": V1_DEMO, "minigpt_v2": V2_DEMO}
+
+
+def _load_script(arch: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(DEMO[arch].stem, DEMO[arch])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _run(arch: str, args: List[str], stdin: str = "") -> tuple:
+    out, err = io.StringIO(), io.StringIO()
+    status = run_demo(SPECS[arch], args, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_importing_the_scripts_does_nothing(capsys: pytest.CaptureFixture) -> None:
+    for arch in DEMO:
+        module = _load_script(arch)
+        assert callable(module.main)
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("arch", ["minigpt4", "minigpt_v2"])
+def test_main_prints_exactly_the_engine_answers(arch: str, tiny_options: List[str], face_image: Path,
+                                                tiny_chats: Dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    """main([...]) in-process: the answers on stdout, nothing else; they are the chat engine's answers."""
+    argv = ["--cfg-path", str(TINY_EVAL[arch]), "--options", *tiny_options, "--image", str(face_image), "--device",
+            "cpu", "--max-new-tokens", "10", "--prompt", "Describe the face.", "--prompt", "Is the person smiling?"]
+    torch.manual_seed(0)  # the tiny vision tower is random: build it as the tiny_chats fixture did
+    status = _load_script(arch).main(argv)
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    session = ChatSession(tiny_chats[arch])
+    session.load_image(face_image)
+    expected = [session.ask(q, max_new_tokens=10).text for q in ("Describe the face.", "Is the person smiling?")]
+    assert out == "".join(a + "\n" for a in expected)
+    assert "Traceback" not in err
+
+
+def test_questions_from_stdin_as_json_lines(tiny_options: List[str], face_image: Path) -> None:
+    args = ["--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options", *tiny_options, "--image", str(face_image),
+            "--max-new-tokens", "6", "--format", "jsonl", "--independent", "-q"]
+    status, out, err = _run("minigpt_v2", args, stdin="How old?\n\n  How old?  \nAnything else?\n")
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["question"] for r in records] == ["How old?", "How old?", "Anything else?"]
+    assert records[0]["answer"] == records[1]["answer"], "--independent: the same question, the same fresh answer"
+    assert err == ""
+
+
+def test_demo_script_as_a_subprocess(tiny_options: List[str], face_image: Path, tmp_path: Path) -> None:
+    args = ["--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options", *tiny_options, "--image", str(face_image),
+            "--max-new-tokens", "8", "--prompt", "What is in the image?"]
+    done = run_demo_subprocess("minigpt_v2", args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 and done.stdout.strip()
+    assert "Traceback" not in done.stderr and "conversation template: minigptv2" in done.stderr
+
+
+# ------------------------------------------------------------------------------------- errors
+
+def _bad_inputs(tiny_llama_dir: Path, face_image: Path, not_an_image: Path, tmp_path: Path) -> list:
+    v2, v1 = str(TINY_EVAL["minigpt_v2"]), str(TINY_EVAL["minigpt4"])
+    ok = f"model.llama_model={tiny_llama_dir}"
+    weightless = tmp_path / "empty_llm"
+    weightless.mkdir()
+    return [
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok, "--image", str(tmp_path / "missing.jpg")], 1,
+         f"error: image file not found: {tmp_path / 'missing.jpg'}"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok, "--image", str(tmp_path)], 1,
+         f"error: --image {tmp_path} is a folder, not an image file"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok, "--image", str(not_an_image)], 1,
+         f"error: cannot decode image {not_an_image}"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok, f"model.ckpt={tmp_path / 'ckpt.pth'}",
+                        "--image", str(face_image)], 2,
+         f"model.ckpt: file does not exist: {tmp_path / 'ckpt.pth'}"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", f"model.llama_model={tmp_path / 'no_llm'}",
+                        "--image", str(face_image)], 2,
+         f"model.llama_model: file or folder does not exist: {tmp_path / 'no_llm'}"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", f"model.llama_model={weightless}", "--image",
+                        str(face_image)], 1, "has no config.json"),
+        ("minigpt_v2", ["--cfg-path", v2, "--image", str(face_image)], 2,
+         "model.llama_model: required value is not set"),
+        ("minigpt_v2", ["--cfg-path", v1, "--options", ok, "--image", str(face_image)], 2,
+         "is a model.arch=minigpt4 config; this demo runs minigpt_v2: use demo_v1_command_line.py"),
+        ("minigpt4", ["--cfg-path", v2, "--options", ok, "--image", str(face_image)], 2,
+         "is a model.arch=minigpt_v2 config; this demo runs minigpt4: use demo_v2_command_line.py"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok], 2, "one-shot mode (--prompt or questions on standard "
+                                                               "input) needs --image PATH"),
+        ("minigpt_v2", ["--cfg-path", v2, "--options", ok, "--image", str(face_image), "--temperature", "0"], 2,
+         "temperature must be > 0"),
+        ("minigpt_v2", ["--cfg-path", str(tmp_path / "nope.yaml"), "--image", str(face_image)], 2,
+         "YAML file not found"),
+    ]
+
+
+def test_each_bad_input_gives_one_line_and_a_nonzero_exit(tiny_llama_dir: Path, face_image: Path,
+                                                          not_an_image: Path, tmp_path: Path) -> None:
+    for arch, args, status, message in _bad_inputs(tiny_llama_dir, face_image, not_an_image, tmp_path):
+        got, out, err = _run(arch, [*args, "--prompt", "hi", "-q"])
+        lines = err.strip().splitlines()
+        assert got == status, f"{args}: status {got}, stderr {err!r}"
+        assert out == "", f"{args}: nothing on stdout, got {out!r}"
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, err)
+
+
+def test_debug_lets_the_exception_through(tiny_llama_dir: Path, not_an_image: Path) -> None:
+    from minigpt4.processors.image_io import ImageOpenError
+
+    with pytest.raises(ImageOpenError, match="cannot decode image"):
+        run_demo(V2_DEMO, ["--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options",
+                           f"model.llama_model={tiny_llama_dir}", "--image", str(not_an_image), "--prompt", "hi",
+                           "--debug", "-q"], stdin=io.StringIO(), stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_interactive_loop_ends_cleanly_at_eof(tiny_chats: Dict[str, Any], face_image: Path, tmp_path: Path) -> None:
+    """The loop itself (read from a non-terminal stream here): EOF leaves with status 0 after answering."""
+    out, err = io.StringIO(), io.StringIO()
+    loop = InteractiveChat(ChatSession(tiny_chats["minigpt_v2"]), out, err, str(tmp_path / "hist"),
+                           stdin=io.StringIO(f"/image {face_image}\n/set max_new_tokens=5\nWhat is this?\n"))
+    assert loop.run() == 0
+    text = out.getvalue()
+    assert f"Loaded {face_image}; new conversation." in text and "max_new_tokens=5" in text
+    answer = text.split("Assistant: ", 1)[1].splitlines()[0]
+    assert answer == loop.session.conv.messages[-1][1] and err.getvalue() == ""
+    assert text.rstrip().endswith("You:"), "EOF at the prompt ends the loop"
