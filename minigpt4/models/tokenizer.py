@@ -162,7 +162,12 @@ class SentencePieceTokenizer(LLMTokenizer):
         self.unk_id = self.sp.unk_id() if self.sp.unk_id() >= 0 else None
         self.bos_token = self.sp.id_to_piece(self.bos_id) if self.bos_id is not None else None
         self.eos_token = self.sp.id_to_piece(self.eos_id) if self.eos_id is not None else None
-        ordered = sorted(self._specials, key=len, reverse=True)  # longest first: no prefix clashes
+        # tokens added on top of the SentencePiece model (added_tokens.json, e.g. a pad token some Vicuna folders
+        # carry): like the slow tokenizer, text is split on them and they keep their ids
+        self._added = _read_added_tokens(folder) if folder.is_dir() else {}
+        self._split_tokens = {**self._added, **self._specials}
+        self._verbatim = {idx: tok for tok, idx in self._split_tokens.items()}
+        ordered = sorted(self._split_tokens, key=len, reverse=True)  # longest first: no prefix clashes
         self._split_re = re.compile("(" + "|".join(re.escape(s) for s in ordered) + ")") if ordered else None
         self.chat_template = _read_chat_template(folder) if folder.is_dir() else None
         sp_pad = self.sp.id_to_piece(self.sp.pad_id()) if self.sp.pad_id() >= 0 else None
@@ -170,7 +175,7 @@ class SentencePieceTokenizer(LLMTokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return int(self.sp.get_piece_size())
+        return max([int(self.sp.get_piece_size())] + [idx + 1 for idx in self._added.values()])
 
     @property
     def special_ids(self) -> List[int]:
@@ -179,6 +184,8 @@ class SentencePieceTokenizer(LLMTokenizer):
         return sorted(ids)
 
     def token_to_id(self, token: str) -> Optional[int]:
+        if token in self._added:
+            return self._added[token]
         idx = int(self.sp.piece_to_id(token))
         if idx == self.unk_id and token != self.sp.id_to_piece(idx):
             return None
@@ -190,8 +197,8 @@ class SentencePieceTokenizer(LLMTokenizer):
         for chunk in chunks:
             if not chunk:
                 continue
-            if chunk in self._specials:
-                ids.append(self._specials[chunk])
+            if chunk in self._split_tokens:
+                ids.append(self._split_tokens[chunk])
             else:
                 ids.extend(self.sp.encode(chunk))
         return ids
@@ -201,14 +208,14 @@ class SentencePieceTokenizer(LLMTokenizer):
         id_list = _as_id_list(ids)
         if skip_special_tokens:
             drop = set(self.special_ids)
-            return self.sp.decode([i for i in id_list if i not in drop])
-        # keep special strings verbatim between decoded runs of ordinary pieces
+            id_list = [i for i in id_list if i not in drop]
+        # special and added tokens verbatim, between decoded runs of ordinary pieces
         out: List[str] = []
         run: List[int] = []
         for i in id_list:
-            if i in self._specials.values():
+            if i in self._verbatim:
                 out.append(self.sp.decode(run))
-                out.append(self.sp.id_to_piece(i))
+                out.append(self._verbatim[i])
                 run = []
             else:
                 run.append(i)
@@ -257,6 +264,18 @@ class HFTokenizer(LLMTokenizer):
             drop = set(self.special_ids)
             id_list = [i for i in id_list if i not in drop]
         return self.tok.decode(id_list, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _read_added_tokens(folder: Path) -> Dict[str, int]:
+    """``added_tokens.json`` of a slow-tokenizer folder (token → id), empty when absent."""
+    path = folder / "added_tokens.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TokenizerError(f"{path} is not valid JSON ({err}); fix or remove the file") from err
+    return {str(tok): int(idx) for tok, idx in data.items()}
 
 
 def _read_chat_template(folder: Path) -> Optional[str]:

@@ -99,3 +99,16 @@ def test_hf_tokenizer_wrapper_for_other_vocabularies(tiny_llama_dir: Path, tmp_p
     ids = tok.encode("The person is smiling.", add_bos=True)
     assert ids[0] == tok.bos_id == 1 and 1 not in ids[1:]
     assert tok.decode(ids + [tok.eos_id]) == "The person is smiling."
+
+
+def test_added_tokens_json_is_honoured(tokenizer_model_path: Path, tmp_path: Path) -> None:
+    """Folders of the slow-tokenizer era may add tokens (e.g. a Vicuna pad); text is split on them as 4.30 did."""
+    folder = tmp_path / "added"
+    folder.mkdir()
+    shutil.copy(tokenizer_model_path, folder / "tokenizer.model")
+    (folder / "added_tokens.json").write_text(json.dumps({"[PAD]": 512}))
+    tok = load_tokenizer(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model_path))
+    assert tok.vocab_size == 513 and tok.pad_id == 3  # upstream's "$$" still pads
+    assert tok.encode("a[PAD]b") == sp.encode("a") + [512] + sp.encode("b")
+    assert tok.decode(tok.encode("a[PAD]b")) == "a[PAD]b"
