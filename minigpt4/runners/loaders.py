@@ -111,7 +111,8 @@ class ResumableLoader:
             for _ in range(self.batches):  # no random access: re-read up to the recorded position
                 next(it)
             return it
-        sampler = ShardedSampler(len(self.dataset), rank=self.rank, world_size=self.world_size,  # type: ignore[arg-type]
+        size = len(self.dataset)  # type: ignore[arg-type]
+        sampler = ShardedSampler(size, rank=self.rank, world_size=self.world_size,
                                  seed=self.seed, pass_index=self.pass_index, shuffle=self.shuffle,
                                  start=self.batches * self.batch_size)
         return iter(DataLoader(self.dataset, sampler=sampler, **common))

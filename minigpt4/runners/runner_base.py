@@ -13,12 +13,11 @@ directory — upstream put it inside the installed package folder):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,41 +33,11 @@ from minigpt4.runners.checkpointing import (BEST, LATEST, CheckpointManager, Res
                                             capture_rng, load_weights, resolve_resume, restore_rng)
 from minigpt4.runners.loaders import MixingLoader, ResumableLoader, mix_seed, move_to_device, validation_loader
 from minigpt4.runners.progress import Progress, WindowMeter
+from minigpt4.runners.settings import autocast_factory, check_run_settings, output_root, resolve_precision
 from minigpt4.tasks.base_task import LoopContext, LoopCounters
 
 logger = get_logger(__name__)
 TRAINER_STATE_FORMAT = 1
-
-
-def resolve_precision(run_cfg: Any, device: torch.device) -> str:
-    """``run.precision`` with ``auto`` resolved: bf16 on CUDA with bf16, fp16 on other CUDA, fp32 on CPU.
-
-    ``run.amp: False`` means fp32 (upstream's switch for mixed precision).
-    """
-    requested = str(run_cfg.precision)
-    if not run_cfg.amp:
-        if requested not in ("auto", "fp32"):
-            logger.warning("run.amp is False: training in fp32 (run.precision=%s ignored)", requested)
-        return "fp32"
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], ContextManager[Any]]:
-    """A zero-argument callable giving the autocast context of ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def output_root(output_dir: str) -> Path:
-    """``run.output_dir`` as an absolute path (relative → against the current working directory)."""
-    path = Path(str(output_dir)).expanduser()
-    return path if path.is_absolute() else Path.cwd() / path
 
 
 @registry.register_runner("runner_base")
@@ -85,7 +54,7 @@ class RunnerBase:
         self.is_main = self.rank == 0
         self.precision = resolve_precision(self.run_cfg, self.device)
         self.autocast = autocast_factory(self.precision, self.device)
-        self._check_settings()
+        check_run_settings(self.run_cfg)
         self.unwrapped_model = self._prepare_model(model)
         self.model = self._wrap(self.unwrapped_model)
         self.counters = LoopCounters()
@@ -100,24 +69,6 @@ class RunnerBase:
         self._last_pointer: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------ setup
-    def _check_settings(self) -> None:
-        run = self.run_cfg
-        problems = []
-        if run.accum_grad_iters < 1:
-            problems.append(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
-        elif run.save_every_iters and run.save_every_iters % run.accum_grad_iters:
-            problems.append(f"run.save_every_iters ({run.save_every_iters}) must be a multiple of "
-                            f"run.accum_grad_iters ({run.accum_grad_iters}): a checkpoint cannot hold half an "
-                            "accumulated gradient")
-        if run.val_every_iters and not run.valid_splits:
-            problems.append("run.val_every_iters is set but run.valid_splits is empty: add --options "
-                            "'run.valid_splits=[val]' (and a val split on the datasets)")
-        for key in ("log_freq", "max_epoch", "max_nonfinite_steps"):
-            if run[key] < 1:
-                problems.append(f"run.{key} must be >= 1, got {run[key]}")
-        if problems:
-            raise ValueError("invalid run settings:\n  - " + "\n  - ".join(problems))
-
     def _prepare_model(self, model: nn.Module) -> nn.Module:
         """Move to the device and keep every trainable weight in fp32 (upstream issue #213)."""
         model = model.to(self.device)
@@ -139,6 +90,7 @@ class RunnerBase:
     def _setup(self) -> None:
         """Run folder, loaders, optimizer, scheduler, scaler, sinks; then restore a checkpoint if asked."""
         target, self.run_dir = self._choose_run_dir()
+        self._open_log_file()
         self.ckpt = CheckpointManager(self.run_dir, self.run_cfg.keep_last_k)
         self.train_loader, self.val_loaders = self._build_loaders()
         self.iters_per_epoch = int(self.run_cfg.iters_per_epoch or self.train_loader.batches_per_pass())
@@ -216,6 +168,16 @@ class RunnerBase:
                              "split in the dataset's config or set run.valid_splits=[]")
         return MixingLoader(train, ratios, seed=mix_seed(run.seed, 4242)), val
 
+    def _open_log_file(self) -> None:
+        """``train.log`` in the run folder: everything rank 0 logs from here on (appended on resume)."""
+        if not self.is_main:
+            return
+        self._file_handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+        self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+        get_logger().addHandler(self._file_handler)
+        if get_logger().level == logging.NOTSET:  # no setup_logging() call (library use): still fill train.log
+            get_logger().setLevel(logging.INFO)
+
     def _open_sinks(self) -> None:
         run = self.run_cfg
         wandb_init = None
@@ -231,11 +193,6 @@ class RunnerBase:
         if config_path.exists():
             config_path.replace(self.run_dir / f"config.before_{time.strftime('%Y%m%d%H%M%S')}.yaml")
         self.config.to_yaml(config_path)
-        self._file_handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
-        self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-        get_logger().addHandler(self._file_handler)
-        if get_logger().level == logging.NOTSET:  # no setup_logging() call (library use): still fill train.log
-            get_logger().setLevel(logging.INFO)
         if self.resumed_from is not None:
             dropped = truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
             if dropped:
@@ -381,7 +338,8 @@ class RunnerBase:
         record = {"type": "train", "epoch": info.epoch, "step": info.step, "global_step": self.global_step,
                   "loss": loss, "lr": info.lr, "grad_norm": self._last_grad_norm,
                   "samples_seen": self.counters.samples_seen * self.world_size,
-                  "it_per_s": n_iters / seconds if seconds > 0 else None, "time_s": time.time() - self._session_start[0]}
+                  "it_per_s": n_iters / seconds if seconds > 0 else None,
+                  "time_s": time.time() - self._session_start[0]}
         self.metrics.log(record)
         if self._progress is None or not self._progress.enabled:
             logger.info("epoch %d/%d iter %d/%d | loss %.4f | lr %.3g | grad_norm %s | %.2f it/s | ETA %s",

@@ -208,7 +208,8 @@ class BaseTask:
             lr = ctx.lr_scheduler.step(cur_epoch=epoch, cur_step=i)
             closes = (i + 1) % accum == 0 or i + 1 == ctx.iters_per_epoch
             no_sync = getattr(ctx.model, "no_sync", None)
-            sync_ctx = no_sync() if (ctx.distributed and not closes and no_sync is not None) else contextlib.nullcontext()
+            defer_sync = ctx.distributed and not closes and no_sync is not None
+            sync_ctx = no_sync() if defer_sync else contextlib.nullcontext()
             with sync_ctx:
                 with ctx.autocast():
                     loss = self.train_step(ctx.model, samples)

@@ -49,7 +49,8 @@ class RegressionModel(nn.Module):
     """Linear regression with a LayerNorm and a frozen block; loss = mean over samples of squared error.
 
     A per-sample mean composes exactly: the mean over a batch of 8 equals the mean of 8 batch-of-1 losses.
-    ``dropout`` makes the loss depend on the torch RNG (resume must restore it). ``nan_at`` lists forward-call numbers (0-based) whose loss is NaN; ``seen`` records the sample indices.
+    ``dropout`` makes the loss depend on the torch RNG (resume must restore it). ``nan_at`` lists forward-call
+    numbers (0-based) whose loss is NaN; ``seen`` records the sample indices.
     """
 
     def __init__(self, nan_at: Sequence[int] = (), dropout: float = 0.0) -> None:
