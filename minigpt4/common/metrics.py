@@ -126,7 +126,8 @@ def plot_loss_curves(metrics_path: Path, out_png: Path, title: str = "") -> bool
     """Train (and validation) loss against the global step as a PNG; False when there is nothing to plot."""
     records = read_metrics(metrics_path)
     train = [(r["global_step"], r["loss"]) for r in records if r.get("type") == "train" and r.get("loss") is not None]
-    val = [(r["global_step"], r["val_loss"]) for r in records if r.get("type") == "val" and r.get("val_loss") is not None]
+    val = [(r["global_step"], r["val_loss"]) for r in records
+           if r.get("type") == "val" and r.get("val_loss") is not None]
     if not train and not val:
         return False
     import matplotlib
