@@ -56,6 +56,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
@@ -98,6 +103,7 @@ def save_weights(model: nn.Module, path: Path, extra: Dict[str, Any]) -> None:
         from minigpt4.models.checkpoint import save_model_checkpoint
 
         save_model_checkpoint(model, path, extra)
+        _fsync_file(path)  # durable before the pointer names it
         return
     state = {"model": {k: v.detach().cpu().clone() for k, v in trainable_state_dict(model).items()}, **extra}
     atomic_torch_save(state, path)

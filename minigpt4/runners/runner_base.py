@@ -159,6 +159,9 @@ class RunnerBase:
                         splits[split], batch_size=dcfg.batch_size, num_workers=run.num_workers, rank=self.rank,
                         world_size=self.world_size, collate_fn=getattr(splits[split], "collater", None),
                         pin_memory=pin, seed=run.seed)
+        if self.world_size > 1 and any(ld.iterable for ld in train):
+            logger.warning("iterable (streaming) train datasets are not sharded by the runner: each must split "
+                           "itself by rank (webdataset: nodesplitter=wds.split_by_node), else ranks see the same data")
         if not train:
             raise ValueError(f"no dataset has a split named in run.train_splits={list(run.train_splits)}; "
                              f"splits found: { {n: sorted(s) for n, s in self.datasets.items()} }")
@@ -380,7 +383,7 @@ class RunnerBase:
         self.last_val_loss = val_loss
         if improved:
             self.best_val_loss = val_loss
-            if self.is_main:
+            if self.is_main and not self.run_cfg.evaluate:
                 self.ckpt.save_best(self.unwrapped_model, val_loss=val_loss, epoch=epoch, iters=step,
                                     global_step=self.global_step, extra={"config": self.config.to_dict()})
         self.metrics.log(record)
