@@ -113,7 +113,22 @@ class MiniGPTBase(nn.Module):
     """Shared MiniGPT model: ``visual_encoder`` → ``ln_vision`` → (``Qformer`` | merge 4) → ``llama_proj`` → LLM.
 
     Build with :meth:`from_config` (loads ``model.ckpt`` too) or, for architecture checks without files,
-    :meth:`build_on_meta`. See the module docstring for the sequence layout and prompt formats.
+    :meth:`build_on_meta`. Training: ``model(samples) -> {"loss"}``; :meth:`build_llm_inputs` exposes what the LLM
+    gets. Inference: :meth:`get_context_emb` + :meth:`generate_from_embeds` (chat), :meth:`generate` (batched).
+
+    Prompt formats (``prompt_format``):
+
+    * ``upstream``: ``prompt_template`` wraps instructions, one BOS embedding is prepended in training and
+      ``get_context_emb`` adds BOS to the first segment; ``end_sym`` null means ``"\n"`` (upstream's default).
+    * ``tokenizer_chat_template``: the tokenizer's chat template renders the user turn (with its system prompt and
+      generation prompt); nothing is prepended (the template writes its own begin tokens); ``end_sym`` null means
+      the tokenizer's EOS / end-of-turn token (``<|im_end|>`` for SmolLM2), so answers are supervised up to and
+      including it; between turns, the template's own text from the end-of-turn to the next answer is inserted
+      without labels. Stop rules (:meth:`stop_sequences`) follow from the same ``end_sym``.
+
+    Pad positions always get attention 0 and label −100. Upstream also masked every token equal to the pad id
+    (a literal ``$$``); that is kept only while the pad is not EOS or part of ``end_sym`` (with SmolLM2 the pad is
+    ``<|im_end|>``, which must stay a target).
     """
 
     config_schema = ModelConfig
@@ -539,6 +554,9 @@ class MiniGPTBase(nn.Module):
             prompts: Optional[List[str]] = [cond for cond, _ in texts]
             out_ids, out_atts, out_targets = self._conversation_block(answers, [seps for _, seps in texts])
         else:
+            if "answer" not in samples:
+                raise PromptError("a training batch needs 'answer' (single-turn) or 'conv_q' and 'conv_a' "
+                                  f"(multi-turn); this one has {sorted(samples)}")
             batch = img_embeds.shape[0] if img_embeds is not None else len(samples["answer"])
             prompts = self._instructions(samples, batch)
             out_ids, out_atts, out_targets = self._answer_block(list(samples["answer"]))
