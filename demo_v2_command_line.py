@@ -1,7 +1,8 @@
-"""Chat about an image with MiniGPT-v2 from the command line.
+r"""Chat about an image with MiniGPT-v2 from the command line.
 
     python demo_v2_command_line.py --cfg-path eval_configs/minigptv2_eval.yaml --image face.jpg
-    python demo_v2_command_line.py --cfg-path eval_configs/tiny_minigpt_v2_eval.yaml --image face.jpg --prompt "[vqa] How old is this person?"
+    python demo_v2_command_line.py --cfg-path eval_configs/tiny_minigpt_v2_eval.yaml \
+        --options model.llama_model=/tmp/tiny_llama --image face.jpg --prompt "[vqa] How old is this person?"
 
 ``--help`` lists the flags; ``/help`` in the chat lists the commands. MiniGPT-4 v1 configs: demo_v1_command_line.py.
 """

@@ -105,8 +105,9 @@ class Chat:
         settings: default generation settings (greedy unless changed).
     """
 
-    def __init__(self, model: Any, vis_processor: Callable[[Any], torch.Tensor], device: Union[str, torch.device] = "cpu",
-                 template: Optional[Conversation] = None, settings: Optional[GenerationSettings] = None) -> None:
+    def __init__(self, model: Any, vis_processor: Callable[[Any], torch.Tensor],
+                 device: Union[str, torch.device] = "cpu", template: Optional[Conversation] = None,
+                 settings: Optional[GenerationSettings] = None) -> None:
         self.model = model
         self.vis_processor = vis_processor
         self.device = torch.device(device)

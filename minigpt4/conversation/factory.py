@@ -77,9 +77,20 @@ def build_model(cfg: Config, device: torch.device) -> Any:
         OmegaConf.update(model_cfg, "device_8bit", device.index)  # upstream's --gpu-id for 8-bit loading
     cls = registry.get_model_class(model_cfg.arch)
     model = cls.from_config(model_cfg)
-    if not model_cfg.low_resource:  # an 8-bit LLM is placed by its loader (device_8bit) and cannot be moved
+    if model_cfg.low_resource:
+        _move_all_but_llm(model, device)  # the 8-bit LLM was placed on cuda:<device_8bit> by its loader
+    else:
         model = model.to(device)
     return model.eval()
+
+
+def _move_all_but_llm(model: Any, device: torch.device) -> None:
+    """Move the vision side, projection and direct parameters (e.g. ``query_tokens``) to ``device``."""
+    for name, child in model.named_children():
+        if name != "llama_model":
+            child.to(device)
+    for param in model.parameters(recurse=False):
+        param.data = param.data.to(device)
 
 
 def chat_from_config(cfg: Config, device: Union[str, torch.device] = "cpu",

@@ -1,7 +1,7 @@
 """Fixtures of the chat tests: tiny models built from the tiny presets, a synthetic face image, demo runners.
 
-The tiny models go through the real paths (registry → preset YAML → ``from_config`` → ``from_pretrained`` of a tiny
-LLaMA folder written by ``save_pretrained``). Their vision towers are random: the tiny eval configs declare them
+The tiny models go through the real paths (registry → preset YAML → ``from_config`` → ``from_pretrained`` of a
+tiny LLaMA folder written by ``save_pretrained``). Their vision towers are random: the tiny eval configs declare them
 trainable (``freeze_vit: False``) because the model refuses a frozen random tower; nothing trains in a chat.
 """
 

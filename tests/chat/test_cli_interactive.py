@@ -7,6 +7,7 @@ the master side and reads what the terminal shows.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import List
@@ -26,6 +28,11 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[=>]|\r")
 PROMPT = "You: "
 
 
+def _take_terminal() -> None:
+    """In the child (a new session): make the pty on stdin its controlling terminal, so Ctrl-C sends SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """A demo process on a pty: ``send`` types a line, ``expect`` waits for text (escape codes removed)."""
 
@@ -35,7 +42,7 @@ class Terminal:
         env["TERM"] = "dumb"
         self.proc = subprocess.Popen([sys.executable, *args], stdin=slave, stdout=slave, stderr=slave, env=env,
                                      cwd=str(home), start_new_session=True, close_fds=True,
-                                     preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+                                     preexec_fn=_take_terminal)
         os.close(slave)
         self.screen = ""
         self.mark = 0
@@ -59,7 +66,7 @@ class Terminal:
                 self.mark = match.end()
                 return match
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {pattern!r}; screen after mark:\n{self.screen[self.mark:]}")
+                raise AssertionError(f"timed out waiting for {pattern!r}; screen:\n{self.screen[self.mark:]}")
             self.read(0.2)
 
     def send(self, text: str) -> None:
