@@ -179,7 +179,7 @@ def run_demo(spec: DemoSpec, argv: Optional[Sequence[str]] = None, stdin: Option
             session = _start(spec, args, one_shot)
             if one_shot:
                 return _run_one_shot(session, args, stdin, stdout)
-            return InteractiveChat(session, stdout, stderr, args.history_file, stdin).run()
+            return InteractiveChat(session, stdout, stderr, args.history_file, stdin, args.image).run()
         except Exception as err:
             if args.debug:
                 raise
@@ -206,12 +206,13 @@ def _quiet_library_noise(quiet: bool) -> None:
 def _start(spec: DemoSpec, args: argparse.Namespace, one_shot: bool) -> ChatSession:
     """Check the cheap things first (flags, config, image path), then build the model and load the image."""
     settings = settings_from_args(args)
-    if one_shot and not args.image:
-        raise DemoError("one-shot mode (--prompt or questions on standard input) needs --image PATH", EXIT_USAGE)
-    if args.image and not Path(args.image).expanduser().is_file():
+    if one_shot:  # fail before the (slow) model build; interactive mode reports a bad --image and goes on
+        if not args.image:
+            raise DemoError("one-shot mode (--prompt or questions on standard input) needs --image PATH", EXIT_USAGE)
         if Path(args.image).expanduser().is_dir():
             raise DemoError(f"--image {args.image} is a folder, not an image file", EXIT_RUNTIME)
-        raise DemoError(f"image file not found: {args.image}", EXIT_RUNTIME)
+        if not Path(args.image).expanduser().is_file():
+            raise DemoError(f"image file not found: {args.image}", EXIT_RUNTIME)
     cfg_path = resolve_cfg_path(spec, args.cfg_path)
     check_arch(spec, cfg_path, args.options)
     cfg = load_config(cfg_path, args.options)
@@ -220,7 +221,7 @@ def _start(spec: DemoSpec, args: argparse.Namespace, one_shot: bool) -> ChatSess
     device = resolve_device(args.device, args.gpu_id)
     logger.info("building %s (%s) on %s from %s", cfg.model.arch, cfg.model.model_type, device, cfg_path)
     session = ChatSession(chat_from_config(cfg, device, settings, args.template))
-    if args.image:
+    if one_shot:
         session.load_image(Path(args.image).expanduser())
     return session
 
@@ -288,8 +289,9 @@ class InteractiveChat:
     prompt = "You: "
 
     def __init__(self, session: ChatSession, out: TextIO, err: TextIO, history_file: Optional[str] = None,
-                 stdin: Optional[TextIO] = None) -> None:
+                 stdin: Optional[TextIO] = None, image: Optional[str] = None) -> None:
         self.session = session
+        self.initial_image = image
         self.out, self.err = out, err
         self.stdin = stdin or sys.stdin
         self.history_file = Path(history_file).expanduser() if history_file else default_history_file()
@@ -311,8 +313,11 @@ class InteractiveChat:
     def run(self) -> int:
         """Loop until /quit, EOF or Ctrl-C at the prompt; returns 0."""
         self._setup_readline()
-        image = self.session.image_source or "none yet: /image PATH"
-        self.say(f"FaceGPT chat ({self.session.conv.name} template). Image: {image}. /help for commands.")
+        self.say(f"FaceGPT chat ({self.session.conv.name} template). /help for commands.")
+        if self.initial_image:
+            self.command(f"/image {self.initial_image}")
+        if not self.session.has_image:
+            self.say("No image loaded yet: /image PATH loads one.")
         try:
             while True:
                 try:

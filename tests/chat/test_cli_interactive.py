@@ -111,9 +111,10 @@ def _answer(term: Terminal, question: str) -> str:
 def test_load_ask_twice_reset_ask_quit(terminal, tiny_options: List[str], face_image: Path, other_face_image: Path,
                                        tmp_path: Path) -> None:
     term = terminal([str(DEMO["minigpt_v2"]), "--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options",
-                     *tiny_options, "--max-new-tokens", "12", "-q"], tmp_path)
-    term.expect(r"Image: none yet: /image PATH\. /help for commands\.")
-    term.expect(PROMPT)
+                     *tiny_options, "--max-new-tokens", "12", "--image", str(tmp_path / "typo.png"), "-q"], tmp_path)
+    term.expect(r"FaceGPT chat \(minigptv2 template\)\. /help for commands\.\n")
+    term.expect(r"error: image file not found: .*typo\.png\n")  # a bad --image: a message, the chat goes on
+    term.expect(r"No image loaded yet: /image PATH loads one\.\n" + PROMPT)
     term.line("Who is this?")  # no image yet: a message, then the prompt again
     term.expect(r"error: no image loaded: load one first.*" + PROMPT)
     term.line(f"/image {tmp_path / 'missing.png'}")
@@ -155,8 +156,7 @@ def test_ctrl_c_stops_an_answer_then_leaves_at_the_prompt(terminal, tiny_options
                                                           tmp_path: Path) -> None:
     term = terminal([str(DEMO["minigpt4"]), "--cfg-path", str(TINY_EVAL["minigpt4"]), "--options", *tiny_options,
                      "--image", str(face_image), "--max-new-tokens", "3800", "--max-length", "3950", "-q"], tmp_path)
-    term.expect(r"\(vicuna0 template\)\. Image: .*face\.png\.")
-    term.expect(PROMPT)
+    term.expect(r"\(vicuna0 template\)\. /help for commands\.\nLoaded .*face\.png; new conversation\.\n" + PROMPT)
     term.line("Tell me a very long story.")
     term.expect(r"Assistant: \S")  # tokens are arriving
     term.send("\x03")  # Ctrl-C typed at the terminal: SIGINT
