@@ -183,7 +183,11 @@ class Chat:
         settings = self.settings.replace(**overrides) if overrides else self.settings
         embs, prompt, dropped = self._prepare(conv, img_list, settings)
         cleaner = self._cleaner(conv)
-        ids = self._generate(embs, settings)
+        try:
+            ids = self._generate(embs, settings)
+        except BaseException:
+            conv.messages.pop()  # no answer: close the open assistant slot again
+            raise
         reply = Reply(cleaner.text(ids), ids, dropped, False, prompt, int(embs.shape[1]))
         conv.messages[-1][1] = reply.text
         return reply

@@ -53,7 +53,11 @@ class Conversation:
     name: str = "custom"
 
     def get_prompt(self) -> str:
-        """The prompt string: system, then each message as role + text + separator; an open slot is the role alone."""
+        """The prompt string: system, then each message as role + text + separator; an open slot is the role alone.
+
+        Only ``None`` is an open slot; upstream also rendered an empty answer ``""`` as one (a following turn then
+        lost its separator), here an empty answer keeps its separator.
+        """
         if self.sep_style == SeparatorStyle.SINGLE:
             seps = [self.sep, self.sep]
         elif self.sep_style == SeparatorStyle.TWO:
@@ -64,7 +68,7 @@ class Conversation:
             raise ValueError(f"unknown separator style {self.sep_style}")
         parts = [self.system + seps[0]]
         for i, (role, message) in enumerate(self.messages):
-            parts.append(f"{role}{message}{seps[i % 2]}" if message else str(role))
+            parts.append(f"{role}{message}{seps[i % 2]}" if message is not None else str(role))
         return "".join(parts)
 
     def append_message(self, role: str, message: Optional[str]) -> None:

@@ -137,9 +137,13 @@ def test_interactive_loop_ends_cleanly_at_eof(tiny_chats: Dict[str, Any], face_i
     """The loop itself (read from a non-terminal stream here): EOF leaves with status 0 after answering."""
     out, err = io.StringIO(), io.StringIO()
     loop = InteractiveChat(ChatSession(tiny_chats["minigpt_v2"]), out, err, str(tmp_path / "hist"),
-                           stdin=io.StringIO(f"/image {face_image}\n/set max_new_tokens=5\nWhat is this?\n"))
+                           stdin=io.StringIO(f"/image {face_image}\n/set max_new_tokens=5\nWhat is this?\n"
+                                             f"/save {tmp_path / 'chat.txt'}\n"))
     assert loop.run() == 0
     text = out.getvalue()
+    saved = (tmp_path / "chat.txt").read_text().splitlines()
+    assert saved[:2] == [f"[image: {face_image}]", "You: What is this?"]
+    assert saved[2] == f"Assistant: {loop.session.conv.messages[-1][1]}"
     assert f"Loaded {face_image}; new conversation." in text and "max_new_tokens=5" in text
     answer = text.split("Assistant: ", 1)[1].splitlines()[0]
     assert answer == loop.session.conv.messages[-1][1] and err.getvalue() == ""

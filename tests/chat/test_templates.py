@@ -95,6 +95,15 @@ def test_separator_style_two_alternates_separators() -> None:
     assert conv.get_prompt() == "S U: hi A: hello</s>U: bye A: "
 
 
+def test_an_empty_answer_keeps_its_separator() -> None:
+    conv = CONV_VISION_Vicuna0.copy()
+    conv.append_message(conv.roles[0], "<Img><ImageHere></Img> q1")
+    conv.append_message(conv.roles[1], "")
+    conv.append_message(conv.roles[0], "q2")
+    conv.append_message(conv.roles[1], None)
+    assert conv.get_prompt() == SYSTEM + "###Human: <Img><ImageHere></Img> q1###Assistant: ###Human: q2###Assistant: "
+
+
 def test_turns_pairs_questions_and_answers() -> None:
     conv = _two_turns(CONV_VISION_Vicuna0.copy())
     assert conv.turns() == [("<Img><ImageHere></Img> What is in the picture?", "A smiling face."),
