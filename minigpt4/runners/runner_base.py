@@ -66,7 +66,6 @@ class RunnerBase:
         self._progress: Optional[Progress] = None
         self._file_handler: Optional[logging.Handler] = None
         self._last_grad_norm: Optional[float] = None
-        self._last_pointer: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------ setup
     def _prepare_model(self, model: nn.Module) -> nn.Module:
@@ -222,8 +221,8 @@ class RunnerBase:
         state = self._trainer_state(next_epoch, next_step)
         if self.is_main:
             extra = {"config": self.config.to_dict()}
-            self._last_pointer = self.ckpt.save(self.unwrapped_model, state, epoch=epoch, iters=iters,
-                                                global_step=self.global_step, extra=extra)
+            self.ckpt.save(self.unwrapped_model, state, epoch=epoch, iters=iters, global_step=self.global_step,
+                           extra=extra)
         du.barrier()
 
     def _restore(self, target: ResumeTarget) -> None:

@@ -10,7 +10,7 @@ from typing import Dict, List
 import pytest
 from transformers import LlamaConfig
 
-from conftest import REPO
+from train_support import REPO
 from minigpt4.common.config import ConfigError, load_config
 from minigpt4.common.optims import build_lr_scheduler, build_optimizer
 from minigpt4.common.registry import registry

@@ -184,3 +184,19 @@ def test_missing_validation_split_is_an_error_naming_the_fix(tmp_path: Path) -> 
                         {"a": _splits()}, "job")
     with pytest.raises(ValueError, match=r"no dataset built such a split.*run.valid_splits=\[\]"):
         runner.train()
+
+
+def test_resume_from_weights_only_file_starts_after_its_epoch(tmp_path: Path) -> None:
+    """A ``.pth`` without a trainer_state beside it (e.g. an upstream checkpoint_<epoch>.pth): weights are loaded
+    and training continues at ``epoch + 1`` (upstream's rule) with a fresh optimizer."""
+    from minigpt4.runners.checkpointing import save_weights
+
+    source = RegressionModel()
+    torch.nn.init.constant_(source.head.weight, 0.25)
+    save_weights(source, tmp_path / "pretrained.pth", {"epoch": 1})
+    runner, summary = run_double(make_config(tmp_path, max_epoch=3, iters_per_epoch=4,
+                                             resume_ckpt_path=str(tmp_path / "pretrained.pth")), {"a": _splits()})
+    assert runner.start_epoch == 2 and summary["global_step"] == 12 and summary["optimizer_steps"] == 4
+    untouched, _ = run_double(make_config(tmp_path / "none", max_epoch=2, iters_per_epoch=4,
+                                          resume_ckpt_path=str(tmp_path / "pretrained.pth")), {"a": _splits()})
+    assert torch.equal(untouched.unwrapped_model.head.weight, torch.full((1, 12), 0.25)), "weights were loaded"

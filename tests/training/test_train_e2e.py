@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train
-from conftest import REPO, subprocess_env, tiny_options
+from train_support import REPO, subprocess_env, tiny_options
 from minigpt4.common.config import load_config
 from minigpt4.common.metrics import read_metrics
 from minigpt4.common.registry import registry
