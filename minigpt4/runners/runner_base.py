@@ -343,11 +343,10 @@ class RunnerBase:
                   "it_per_s": n_iters / seconds if seconds > 0 else None,
                   "time_s": time.time() - self._session_start[0]}
         self.metrics.log(record)
-        if self._progress is None or not self._progress.enabled:
-            logger.info("epoch %d/%d iter %d/%d | loss %.4f | lr %.3g | grad_norm %s | %.2f it/s | ETA %s",
-                        info.epoch + 1, self.run_cfg.max_epoch, info.step, self.iters_per_epoch, loss, info.lr,
-                        "n/a" if self._last_grad_norm is None else f"{self._last_grad_norm:.3g}",
-                        record["it_per_s"] or 0.0, Progress.format_eta(self._eta()))
+        logger.info("epoch %d/%d iter %d/%d | loss %.4f | lr %.3g | grad_norm %s | %.2f it/s | ETA %s",
+                    info.epoch + 1, self.run_cfg.max_epoch, info.step, self.iters_per_epoch, loss, info.lr,
+                    "n/a" if self._last_grad_norm is None else f"{self._last_grad_norm:.3g}",
+                    record["it_per_s"] or 0.0, Progress.format_eta(self._eta()))
 
     def _end_of_epoch(self, epoch: int, stats: Dict[str, float]) -> None:
         if self.val_loaders:
