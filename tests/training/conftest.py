@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 import pytest
+import torch
 
 from train_support import write_tiny_blip2, write_tiny_eva
 
@@ -29,3 +30,13 @@ def facegpt_data_env(train_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """FACEGPT_DATA pointed at the synthetic data for this test."""
     monkeypatch.setenv("FACEGPT_DATA", str(train_data))
     return train_data
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, as in the child processes (OMP_NUM_THREADS=1): tiny models gain nothing from more,
+    busy 2-core machines lose a lot to spinning threads, and bit-exact comparisons need the same summation order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

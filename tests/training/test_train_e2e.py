@@ -1,8 +1,8 @@
 """End to end through ``train.py`` with the real tiny MiniGPT models and the synthetic face data.
 
 In-process runs call ``train.main(argv)``; the crash test and the DDP test start real processes (``train.py`` and
-``torchrun``). Comparisons that must be bit-exact run with one intra-op thread and
-``run.deterministic=True`` in every process involved.
+``torchrun``). Comparisons that must be bit-exact run with one intra-op thread (the ``one_thread`` fixture here,
+``OMP_NUM_THREADS=1`` in children) and ``run.deterministic=True`` in every process involved.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 import torch
@@ -28,15 +28,6 @@ from minigpt4.common.registry import registry
 
 TINY_V2 = REPO / "train_configs" / "tiny_minigpt_v2.yaml"
 TINY_V1 = REPO / "train_configs" / "tiny_minigpt4.yaml"
-
-
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """Same intra-op thread count as the child processes (OMP_NUM_THREADS=1), so float sums agree bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train(cfg: Path, options: List[str]) -> None:
@@ -56,7 +47,7 @@ def _train_records(run_dir: Path, kind: str = "train") -> List[Dict]:
 
 
 def test_tiny_v2_loss_falls_checkpoints_and_validation(tiny_files: Dict[str, str], facegpt_data_env: Path,
-                                                       tmp_path: Path, one_thread: None) -> None:
+                                                       tmp_path: Path) -> None:
     _train(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, "run.init_lr=3e-2", "run.max_epoch=3",
                                  "run.iters_per_epoch=8", "run.save_every_iters=4", "run.run_id=e2e",
                                  "run.plot_curves=True"))
@@ -133,7 +124,7 @@ CONSTANT = ["run.init_lr=1e-2", "run.min_lr=1e-2", "run.warmup_lr=-1", "run.warm
 
 
 def test_real_model_8_micro_batches_equal_one_batch_of_8(tiny_files: Dict[str, str], uniform_data: Path,
-                                                        train_data: Path, tmp_path: Path, one_thread: None) -> None:
+                                                        train_data: Path, tmp_path: Path) -> None:
     """accum_grad_iters=8 over batches of 1 gives the update of one batch of 8 (equal-length samples, constant
     LR, no dropout; the loss is divided by accum_grad_iters)."""
     big = _uniform_config(tmp_path, uniform_data, train_data, 8)
@@ -164,8 +155,7 @@ def _popen(cmd: List[str], env: Dict[str, str], log: Path, cwd: Path) -> subproc
 
 
 def test_sigkill_mid_run_then_auto_resume_equals_uninterrupted_run(tiny_files: Dict[str, str], train_data: Path,
-                                                                   facegpt_data_env: Path, tmp_path: Path,
-                                                                   one_thread: None) -> None:
+                                                                   facegpt_data_env: Path, tmp_path: Path) -> None:
     common = ["run.max_epoch=3", "run.iters_per_epoch=10", "run.save_every_iters=2", "run.keep_last_k=2",
               "run.deterministic=True", "run.init_lr=1e-2"]
     opts = tiny_options("minigpt_v2", tiny_files, tmp_path, *common, "run.run_id=crashy",
@@ -201,7 +191,7 @@ def test_sigkill_mid_run_then_auto_resume_equals_uninterrupted_run(tiny_files: D
 
 
 def test_torchrun_two_cpu_processes_match_one_process_with_twice_the_batch(
-        tiny_files: Dict[str, str], uniform_data: Path, train_data: Path, tmp_path: Path, one_thread: None) -> None:
+        tiny_files: Dict[str, str], uniform_data: Path, train_data: Path, tmp_path: Path) -> None:
     common = [*CONSTANT[:-1], "run.valid_splits=[val]", "run.max_epoch=2", "run.iters_per_epoch=4",
               "run.save_every_iters=2", "run.deterministic=True", "run.log_freq=1"]
     ddp_cfg = _uniform_config(tmp_path, uniform_data, train_data, 2, val_fraction=0.25)
