@@ -54,6 +54,7 @@ def setup_logging(level: int = logging.INFO, rank: Optional[int] = None, stream=
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(_RankZeroFilter(rank))
+    handler.setLevel(level)  # the console keeps its level even when a run file log lowers the logger's
     handler._facegpt = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

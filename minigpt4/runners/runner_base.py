@@ -65,6 +65,7 @@ class RunnerBase:
         self._meter = WindowMeter()
         self._progress: Optional[Progress] = None
         self._file_handler: Optional[logging.Handler] = None
+        self._saved_log_level = logging.NOTSET
         self._last_grad_norm: Optional[float] = None
 
     # ------------------------------------------------------------------------------ setup
@@ -176,9 +177,13 @@ class RunnerBase:
             return
         self._file_handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
         self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-        get_logger().addHandler(self._file_handler)
-        if get_logger().level == logging.NOTSET:  # no setup_logging() call (library use): still fill train.log
-            get_logger().setLevel(logging.INFO)
+        self._file_handler.setLevel(logging.INFO)
+        package_logger = get_logger()
+        package_logger.addHandler(self._file_handler)
+        # train.log always holds the INFO record of the run, whatever level the console was set to (e.g. -q)
+        self._saved_log_level = package_logger.level
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
 
     def _open_sinks(self) -> None:
         run = self.run_cfg
@@ -457,6 +462,7 @@ class RunnerBase:
         if hasattr(self, "metrics"):
             self.metrics.close()
         if self._file_handler is not None:
+            get_logger().setLevel(self._saved_log_level)
             get_logger().removeHandler(self._file_handler)
             self._file_handler.close()
             self._file_handler = None
