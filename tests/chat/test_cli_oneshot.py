@@ -73,7 +73,9 @@ def test_demo_script_as_a_subprocess(tiny_options: List[str], face_image: Path, 
             "--max-new-tokens", "8", "--prompt", "What is in the image?"]
     done = run_demo_subprocess("minigpt_v2", args, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 1 and done.stdout.strip()
+    # answers only: one answer ending in a newline (random tiny weights may emit control characters, so the
+    # answer is not split on them)
+    assert done.stdout.endswith("\n") and done.stdout.strip()
     assert "Traceback" not in done.stderr and "conversation template: minigptv2" in done.stderr
 
 

