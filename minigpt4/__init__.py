@@ -19,8 +19,4 @@ LIBRARY_ROOT = Path(__file__).resolve().parent
 
 # Registration happens in these subpackages' __init__ modules (each imports its own modules).
 for _sub in ("processors", "datasets.builders", "models", "tasks", "runners", "common.optims"):
-    try:
-        importlib.import_module(f"minigpt4.{_sub}")
-    except ModuleNotFoundError as err:  # a subpackage not written yet must not break the rest
-        if err.name != f"minigpt4.{_sub}":
-            raise
+    importlib.import_module(f"minigpt4.{_sub}")

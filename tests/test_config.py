@@ -249,3 +249,25 @@ def test_typed_sections_reject_new_keys_in_code(components: Path) -> None:
     cfg = load_config(_write(components, _base(components)))
     with pytest.raises(Exception):
         cfg.model.lora_rank = 3  # struct mode: a typo in code fails too
+
+
+def test_relative_paths_resolve_against_the_package_folder_too(components: Path) -> None:
+    data = _base(components)
+    data["model"]["prompt_path"] = "prompts/alignment.txt"  # upstream's value, relative to minigpt4/
+    assert load_config(_write(components, data)).model.prompt_path == "prompts/alignment.txt"
+    data["model"]["prompt_path"] = "prompts/no_such_file.txt"
+    with pytest.raises(ConfigError, match="file does not exist: prompts/no_such_file.txt"):
+        load_config(_write(components, data))
+
+
+def test_dataset_paths_can_be_left_unchecked_for_chat(components: Path) -> None:
+    data = _base(components)
+    data["datasets"]["cfgtest_set"]["build_info"]["ann_path"] = str(components / "missing.json")
+    data["model"]["ckpt"] = str(components / "missing.pth")
+    path = _write(components, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, check_dataset_paths=False)
+    assert set(_problems(err)) == {"model.ckpt"}, "model paths are still checked"
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert set(_problems(err)) == {"model.ckpt", "datasets.cfgtest_set.build_info.ann_path"}

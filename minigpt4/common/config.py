@@ -132,10 +132,9 @@ def _nested_schema(f: dataclasses.Field) -> Optional[Type]:
 class _Validator:
     """Walks plain-container config data against schema dataclasses, collecting problems."""
 
-    def __init__(self, check_paths: bool, base_dir: Path) -> None:
+    def __init__(self, check_paths: bool) -> None:
         self.problems: List[ConfigProblem] = []
         self.check_paths = check_paths
-        self.base_dir = base_dir
 
     def add(self, key: str, message: str, value: Any = None, fix: Optional[str] = None) -> None:
         self.problems.append(ConfigProblem(key, message, value, fix))
@@ -204,10 +203,12 @@ class _Validator:
             self.add(key, str(err), name, f"{key}={hint}" if hint else None)
 
     def check_path(self, kind: str, value: str, key: str, what: str) -> None:
+        """A path exists when it does as given (relative: to the working directory) or, like upstream's
+        ``prompts/...`` files, relative to the ``minigpt4/`` package folder."""
         path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = (Path.cwd() / path)
-        ok = path.is_file() if kind == "file" else path.is_dir() if kind == "dir" else path.exists()
+        candidates = [path] if path.is_absolute() else [Path.cwd() / path, LIBRARY_ROOT / path]
+        exists = Path.is_file if kind == "file" else Path.is_dir if kind == "dir" else Path.exists
+        ok = any(exists(c) for c in candidates)
         if not ok:
             noun = {"file": "file", "dir": "folder"}.get(kind, "file or folder")
             self.add(key, f"{noun} does not exist: {value}" + (f" (expected: {what})" if what else ""), value,
@@ -420,6 +421,7 @@ def load_config(
     options: Optional[Sequence[str]] = None,
     *,
     check_paths: bool = True,
+    check_dataset_paths: Optional[bool] = None,
 ) -> Config:
     """Load, merge and validate; raises :class:`ConfigError` listing every problem.
 
@@ -427,11 +429,13 @@ def load_config(
         cfg_path: the user YAML (``--cfg-path``); None starts from an empty config.
         options: ``--options`` items, either ``a.b=c`` or alternating ``a.b c``.
         check_paths: check that path values exist on disk (off for schema-only checks).
+        check_dataset_paths: the same for the ``datasets`` section only (default: ``check_paths``); chat front
+            ends turn it off, since upstream's eval YAMLs carry a dataset block they never read.
     """
     source = str(cfg_path) if cfg_path else "--options"
     user = _load_yaml(Path(cfg_path), "--cfg-path") if cfg_path else OmegaConf.create({})
     raw = OmegaConf.merge(user, parse_options(options))
-    v = _Validator(check_paths, Path(cfg_path).parent if cfg_path else Path.cwd())
+    v = _Validator(check_paths)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             hint = closest(str(key), list(TOP_LEVEL_KEYS))
@@ -448,12 +452,14 @@ def load_config(
 
     if model_schema is not None:
         v.check(model_schema, data.get("model"), "model")
+    v.check_paths = check_paths if check_dataset_paths is None else check_dataset_paths
     for name, schema in dataset_schemas.items():
         entry = (data.get("datasets") or {}).get(name) or {}
         v.check(schema, entry, f"datasets.{name}")
         if isinstance(entry, dict):
             for proc in ("vis_processor", "text_processor"):
                 _check_processors(entry.get(proc), f"datasets.{name}.{proc}", v)
+    v.check_paths = check_paths
     v.check(RunConfig, data.get("run"), "run")
     preprocess = data.get("preprocess") or {}
     v.check(PreprocessConfig, preprocess, "preprocess")

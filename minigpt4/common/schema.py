@@ -116,6 +116,7 @@ class ModelConfig:
     prompt_format: str = choice_field(
         "upstream", ["upstream", "tokenizer_chat_template"], help="how instructions are wrapped"
     )  # FaceGPT: SmolLM2 and other chat models use their tokenizer's own template
+    system_prompt: Optional[str] = None  # FaceGPT: system turn for tokenizer_chat_template; null/empty = the template's own
 
     # LoRA (MiniGPT-v2)
     lora_r: int = 0

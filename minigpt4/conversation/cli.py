@@ -228,7 +228,7 @@ def _start(spec: DemoSpec, args: argparse.Namespace, one_shot: bool) -> ChatSess
             raise DemoError(f"image file not found: {args.image}", EXIT_RUNTIME)
     cfg_path = resolve_cfg_path(spec, args.cfg_path)
     check_arch(spec, cfg_path, args.options)
-    cfg = load_config(cfg_path, args.options)
+    cfg = load_config(cfg_path, args.options, check_dataset_paths=False)  # chat reads no dataset
     if cfg.model.arch not in spec.archs:
         raise DemoError(f"{spec.prog} runs model.arch {'/'.join(spec.archs)}, not {cfg.model.arch!r}", EXIT_USAGE)
     device = resolve_device(args.device, args.gpu_id)

@@ -266,6 +266,7 @@ def template_for(model_cfg: Any, tokenizer: Optional[ChatTemplateRenderer] = Non
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
             raise TemplateError("the chat_template conversation needs the model's tokenizer (apply_chat_template)")
         conv.renderer = tokenizer
+        conv.system = _get(model_cfg, "system_prompt", None) or ""  # the system turn the model trained with
     return conv
 
 

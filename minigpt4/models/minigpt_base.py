@@ -247,6 +247,7 @@ class MiniGPTBase(nn.Module):
 
     def _init_prompts(self, cfg: DictConfig) -> None:
         self.prompt_format = cfg.prompt_format
+        self.system_prompt = cfg.system_prompt
         self.prompt_template = cfg.prompt_template
         self.chat_template = bool(cfg.chat_template)
         self.max_txt_len = int(cfg.max_txt_len)
@@ -343,10 +344,15 @@ class MiniGPTBase(nn.Module):
         return patches.reshape(batch, n // MERGE_TOKENS, dim * MERGE_TOKENS)  # (B, N, D) -> (B, N/4, 4D), raster
 
     # ------------------------------------------------------------------ prompts
+    def _system_turn(self) -> List[Dict[str, str]]:
+        """``model.system_prompt`` as a system message (null or empty: the chat template's own default applies)."""
+        return [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+
     def wrap_instruction(self, text: str) -> str:
         """One instruction in the model's prompt format (``prompt_template`` or the tokenizer's chat template)."""
         if self.prompt_format == "tokenizer_chat_template":
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(self._system_turn() + [{"role": "user", "content": text}],
+                                                      add_generation_prompt=True)
         if "{}" not in self.prompt_template:
             raise PromptError(
                 f"model.prompt_template={self.prompt_template!r} has no '{{}}' where the instruction goes; set it, "
@@ -390,7 +396,7 @@ class MiniGPTBase(nn.Module):
             bos = self.tokenizer.bos_token or ""
             return self.wrap_instruction(questions[0]), [bos + self.wrap_instruction(q) for q in questions[1:]]
         sentinels = [_ANSWER_SENTINEL.format(k) for k in range(n_answers)]
-        messages: List[Dict[str, str]] = []
+        messages: List[Dict[str, str]] = self._system_turn()
         for question, sentinel in zip(questions, sentinels):
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": sentinel}]
         rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=False)

@@ -92,7 +92,7 @@ def _mouth(draw: ImageDraw.ImageDraw, cx: float, cy: float, w: float, expression
     elif expression == "sad":
         draw.arc([cx - w, cy, cx + w, cy + w * 1.4], 200, 340, fill=dark, width=lw)
     elif expression == "surprised":
-        draw.ellipse([cx - w * 0.35, cy - w * 0.2, cx + w * 0.35, cy + w * 0.7], fill=dark)
+        draw.ellipse([cx - w * 0.4, cy - w * 0.3, cx + w * 0.4, cy + w * 0.8], fill=dark)
     else:
         draw.line([cx - w * 0.8, cy + w * 0.2, cx + w * 0.8, cy + w * 0.2], fill=dark, width=lw)
 
@@ -125,8 +125,9 @@ def _face(draw: ImageDraw.ImageDraw, size: int, attrs: Dict[str, str], rng: rand
         x = cx + side * dx
         draw.ellipse([x - r * 1.6, ey - r, x + r * 1.6, ey + r], fill=(250, 250, 250))
         draw.ellipse([x - r * 0.7, ey - r * 0.7, x + r * 0.7, ey + r * 0.7], fill=(40, 30, 60))
-    _brows(draw, cx, ey, dx, r, attrs["expression"], lw)
-    _mouth(draw, cx, cy + fh * 0.45, fw * 0.45, attrs["expression"], lw + 1)
+    # expression is drawn bold (wide mouth, thick strokes) so it survives the demo's 112 px input
+    _brows(draw, cx, ey, dx, r, attrs["expression"], 2 * lw)
+    _mouth(draw, cx, cy + fh * 0.45, fw * 0.62, attrs["expression"], 2 * lw + 1)
 
 
 def _scene(draw: ImageDraw.ImageDraw, size: int, rng: random.Random) -> None:
