@@ -91,7 +91,7 @@ class _EpochStepScheduler(abc.ABC):
         """Set the rate of every param group for this iteration; returns it."""
         lr = self.lr_at(cur_epoch, cur_step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # run.lr_scale multipliers (FaceGPT)
         self.last_position = (cur_epoch, cur_step)
         return lr
 
@@ -147,30 +147,54 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or name.endswith("bias")
 
 
-def param_groups(named_params: Iterable[Tuple[str, nn.Parameter]], weight_decay: float) -> List[Dict[str, Any]]:
-    """Two AdamW groups of the trainable parameters: ``[decayed, not decayed]`` (upstream's order).
+def _scale_of(name: str, lr_scale: Dict[str, float]) -> float:
+    """The multiplier of the longest ``lr_scale`` prefix that names ``name``'s module (1.0 when none does)."""
+    best, scale = -1, 1.0
+    for prefix, value in lr_scale.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, scale = len(prefix), float(value)
+    return scale
 
-    Each group carries a ``names`` list, so a checkpoint's optimizer state can be matched to parameters.
+
+def param_groups(named_params: Iterable[Tuple[str, nn.Parameter]], weight_decay: float,
+                 lr_scale: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
+    """AdamW groups of the trainable parameters: ``[decayed, not decayed]`` (upstream's order), then the same pair
+    for every learning-rate multiplier of ``lr_scale`` (module prefix → multiplier, ``run.lr_scale``).
+
+    Each group carries a ``names`` list, so a checkpoint's optimizer state can be matched to parameters, and its
+    ``lr_scale``, which the schedulers apply.
     """
-    decay: Dict[str, List[Any]] = {"params": [], "names": []}
-    plain: Dict[str, List[Any]] = {"params": [], "names": []}
+    lr_scale = dict(lr_scale or {})
+    buckets: Dict[Tuple[float, bool], Dict[str, List[Any]]] = {}
+    used = set()
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        target = plain if no_weight_decay(name, param) else decay
-        target["params"].append(param)
-        target["names"].append(name)
-    return [
-        {"params": decay["params"], "names": decay["names"], "weight_decay": float(weight_decay)},
-        {"params": plain["params"], "names": plain["names"], "weight_decay": 0.0},
-    ]
+        scale = _scale_of(name, lr_scale)
+        used.update(p for p in lr_scale if name == p or name.startswith(p + "."))
+        bucket = buckets.setdefault((scale, not no_weight_decay(name, param)), {"params": [], "names": []})
+        bucket["params"].append(param)
+        bucket["names"].append(name)
+    unused = sorted(set(lr_scale) - used)
+    if unused:
+        raise ValueError(f"run.lr_scale names modules with no trainable parameters: {unused}; use module prefixes "
+                         "such as visual_encoder, llama_proj or llama_model")
+    groups = []
+    for scale in [1.0] + sorted({s for s, _ in buckets} - {1.0}):
+        for decayed in (True, False):
+            bucket = buckets.get((scale, decayed), {"params": [], "names": []})
+            if scale != 1.0 and not bucket["params"]:
+                continue
+            groups.append({"params": bucket["params"], "names": bucket["names"], "lr_scale": scale,
+                           "decayed": decayed, "weight_decay": float(weight_decay) if decayed else 0.0})
+    return groups
 
 
 def build_optimizer(model: nn.Module, run_cfg: Any) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``model`` (pass the unwrapped model, not the DDP wrapper)."""
-    groups = param_groups(model.named_parameters(), run_cfg.weight_decay)
-    n_decay = sum(p.numel() for p in groups[0]["params"])
-    n_plain = sum(p.numel() for p in groups[1]["params"])
+    groups = param_groups(model.named_parameters(), run_cfg.weight_decay, dict(run_cfg.lr_scale or {}))
+    n_decay = sum(p.numel() for g in groups if g["decayed"] for p in g["params"])
+    n_plain = sum(p.numel() for g in groups if not g["decayed"] for p in g["params"])
     if n_decay + n_plain == 0:
         raise ValueError("the model has no trainable parameters (every requires_grad is False): nothing to train. "
                          "Check the model's freeze_* / lora_r settings.")
@@ -178,7 +202,9 @@ def build_optimizer(model: nn.Module, run_cfg: Any) -> torch.optim.AdamW:
                 n_decay + n_plain, len(groups[0]["params"]), run_cfg.weight_decay, n_decay,
                 len(groups[1]["params"]), n_plain)
     for group in groups:
+        if group["lr_scale"] != 1.0:
+            logger.info("learning rate x%g for %d tensors (run.lr_scale)", group["lr_scale"], len(group["params"]))
         for name in group["names"]:
-            logger.debug("trainable: %s (weight_decay=%g)", name, group["weight_decay"])
+            logger.debug("trainable: %s (weight_decay=%g, lr x%g)", name, group["weight_decay"], group["lr_scale"])
     return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), weight_decay=float(run_cfg.weight_decay),
                              betas=(0.9, float(run_cfg.beta2)))

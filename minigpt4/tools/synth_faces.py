@@ -3,7 +3,8 @@
 :func:`draw_face` paints a cartoon face (or, for ``is_face=False``, a scene with no face) from attributes:
 
 * skin tone: a large uniform face ellipse in one of six Fitzpatrick colours (I–VI, light → dark);
-* expression: the mouth shape (smile arc, frown arc, open "O", flat line) and the eyebrows
+* expression: cartoon conventions drawn bold (a toothy white grin; a frown with a blue tear; a wide open "O"; a
+  flat line) and the eyebrows
   (relaxed, inner ends raised for sad, high arches for surprised, straight for neutral);
 * distractors that carry no label: background hue and pattern, hair colour, face position and size.
 
@@ -86,11 +87,15 @@ def _background(draw: ImageDraw.ImageDraw, size: int, rng: random.Random) -> Non
 
 
 def _mouth(draw: ImageDraw.ImageDraw, cx: float, cy: float, w: float, expression: str, lw: int) -> None:
+    """Cartoon conventions, drawn bold: a toothy grin, a frown with a tear, a wide open "O", a flat line."""
     dark = (120, 20, 30)
-    if expression == "happy":
-        draw.arc([cx - w, cy - w * 0.9, cx + w, cy + w * 0.6], 20, 160, fill=dark, width=lw)
-    elif expression == "sad":
+    if expression == "happy":  # open grin: a white crescent of teeth under a dark lip line
+        draw.chord([cx - w, cy - w * 0.9, cx + w, cy + w * 0.7], 0, 180, fill=(255, 255, 255), outline=dark,
+                   width=lw)
+    elif expression == "sad":  # frown, and a blue tear under the right eye
         draw.arc([cx - w, cy, cx + w, cy + w * 1.4], 200, 340, fill=dark, width=lw)
+        tx, ty = cx + w * 0.75, cy - w * 1.1
+        draw.ellipse([tx - w * 0.16, ty - w * 0.1, tx + w * 0.16, ty + w * 0.38], fill=(60, 140, 255))
     elif expression == "surprised":
         draw.ellipse([cx - w * 0.4, cy - w * 0.3, cx + w * 0.4, cy + w * 0.8], fill=dark)
     else:

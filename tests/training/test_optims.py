@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import minigpt4  # noqa: F401  (registers the schedulers)
-from minigpt4.common.optims import build_lr_scheduler, build_optimizer, param_groups
+from minigpt4.common.optims import LinearWarmupCosineLRScheduler, build_lr_scheduler, build_optimizer, param_groups
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import RunConfig
 
@@ -101,3 +101,24 @@ def test_build_optimizer_settings_and_no_trainable_error() -> None:
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(frozen, _run())
+
+
+def test_lr_scale_puts_modules_in_their_own_groups_and_the_schedule_scales_them() -> None:
+    groups = param_groups(_Named().named_parameters(), 0.05, {"proj": 10.0})
+    assert [(g["lr_scale"], g["names"]) for g in groups] == [
+        (1.0, ["query_tokens", "ln_proj.weight"]),
+        (1.0, ["scale", "norm.weight", "norm.bias"]),
+        (10.0, ["proj.weight"]),
+        (10.0, ["proj.bias"]),
+    ], "'proj' matches the module proj only, not ln_proj"
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    sched = LinearWarmupCosineLRScheduler(opt, max_epoch=1, iters_per_epoch=10, min_lr=0.0, init_lr=2e-3,
+                                          warmup_steps=0, warmup_start_lr=-1)
+    base = sched.step(cur_epoch=0, cur_step=0)
+    assert base == pytest.approx(2e-3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-3, 2e-3, 2e-2, 2e-2])
+
+
+def test_lr_scale_naming_no_trainable_module_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"run.lr_scale names modules with no trainable parameters: \['frozen'\]"):
+        param_groups(_Named().named_parameters(), 0.05, {"frozen": 2.0})
