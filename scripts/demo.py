@@ -45,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="synthetic images to draw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--face-fraction", type=float, default=0.6, help="share of images that show a face")
-    parser.add_argument("--eval-per-section", type=int, default=32, help="held-out questions scored per type")
+    parser.add_argument("--eval-per-section", type=int, default=24, help="held-out questions scored per type")
     parser.add_argument("--options", nargs="+", default=[], help="extra config overrides for the training run")
     args = parser.parse_args(argv)
     started = time.monotonic()
