@@ -64,7 +64,8 @@ def test_smollm2_chat_answers_in_its_own_template_and_stops_at_end_of_turn(face_
                                          "vit_config": {"embed_dim": 32, "depth": 1, "num_heads": 2}})
     torch.manual_seed(0)
     model = cls.from_config(cfg).eval()
-    processor = registry.get_processor_class("blip2_image_eval").from_config({"name": "blip2_image_eval"})
+    processor = registry.get_processor_class("blip2_image_eval").from_config(
+        {"name": "blip2_image_eval", "image_size": cfg.image_size})
     session = ChatSession(Chat(model, processor, "cpu"))
     session.load_image(face_image)
     question = "Answer in one short sentence: what is the capital of France?"

@@ -37,11 +37,14 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     assert model.stop_sequences() == [[hf.convert_tokens_to_ids("<|im_end|>")]]
 
     question = "<Img><ImageHere></Img> Describe the face."
-    rendered = hf.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+    system = [{"role": "system", "content": cfg.system_prompt}]  # the preset's short system turn
+    rendered = hf.apply_chat_template(system + [{"role": "user", "content": question}], tokenize=False,
                                       add_generation_prompt=True)
+    assert rendered.startswith(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>")
     before, after = rendered.split("<ImageHere>")
     enc = lambda text: hf.encode(text, add_special_tokens=False)  # noqa: E731
-    head = enc(before) + [-1] * 64 + enc(after)
+    n_image = (cfg.image_size // 14) ** 2 // 4  # patches, merged 4 at a time
+    head = enc(before) + [-1] * n_image + enc(after)
     answer = enc("A smiling woman.<|im_end|>")
     assert answer[-1] == hf.convert_tokens_to_ids("<|im_end|>")
     size = cfg.image_size  # the preset's input size
@@ -56,7 +59,7 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
 
     # two turns: the template's text between an answer's <|im_end|> and the next answer is inserted unsupervised
     q2 = "Is she happy?"
-    full = hf.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": "A."},
+    full = hf.apply_chat_template(system + [{"role": "user", "content": question}, {"role": "assistant", "content": "A."},
                                    {"role": "user", "content": q2}], tokenize=False, add_generation_prompt=True)
     between = full.split("A.<|im_end|>", 1)[1]
     assert between == "\n<|im_start|>user\nIs she happy?<|im_end|>\n<|im_start|>assistant\n"
