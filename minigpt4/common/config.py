@@ -283,7 +283,8 @@ def _model_defaults(raw: DictConfig, v: _Validator) -> Tuple[Optional[Type], Dic
     if model_type not in presets:
         hint = closest(str(model_type), list(presets))
         v.add("model.model_type", f"unknown preset {model_type!r} for {arch}; known: {sorted(presets)}"
-              + (f". Did you mean {hint!r}?" if hint else ""), model_type, f"model.model_type={hint or sorted(presets)[0]}")
+              + (f". Did you mean {hint!r}?" if hint else ""), model_type,
+              f"model.model_type={hint or sorted(presets)[0]}")
         return schema, OmegaConf.create({})
     return schema, _load_yaml(LIBRARY_ROOT / presets[model_type], f"{arch} preset {model_type}")
 

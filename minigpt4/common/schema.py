@@ -116,7 +116,8 @@ class ModelConfig:
     prompt_format: str = choice_field(
         "upstream", ["upstream", "tokenizer_chat_template"], help="how instructions are wrapped"
     )  # FaceGPT: SmolLM2 and other chat models use their tokenizer's own template
-    system_prompt: Optional[str] = None  # FaceGPT: system turn for tokenizer_chat_template; null/empty = the template's own
+    # FaceGPT: the system turn for tokenizer_chat_template; null/empty = the chat template's own default
+    system_prompt: Optional[str] = None
 
     # LoRA (MiniGPT-v2)
     lora_r: int = 0
@@ -229,7 +230,8 @@ class RunConfig:
         help="autocast dtype: auto = bf16 on CUDA with bf16, fp16 (+GradScaler) on other CUDA, fp32 on CPU",
     )
     scale_loss_by_accum: bool = True  # divide the loss by accum_grad_iters (upstream did not: set False)
-    lr_scale: Dict[str, float] = field(default_factory=dict)  # module prefix -> LR multiplier, e.g. {visual_encoder: 10}
+    # learning-rate multiplier per module prefix, e.g. {visual_encoder: 10} (a tower trained from scratch)
+    lr_scale: Dict[str, float] = field(default_factory=dict)
     max_grad_norm: Optional[float] = None  # clip the gradient norm; null = no clipping (upstream)
     max_nonfinite_steps: int = 20  # stop after this many optimizer steps in a row skipped for a NaN/inf loss
     save_every_iters: int = 0  # also checkpoint every N iterations (multiple of accum_grad_iters); 0 = epoch ends

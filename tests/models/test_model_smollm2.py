@@ -59,8 +59,9 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
 
     # two turns: the template's text between an answer's <|im_end|> and the next answer is inserted unsupervised
     q2 = "Is she happy?"
-    full = hf.apply_chat_template(system + [{"role": "user", "content": question}, {"role": "assistant", "content": "A."},
-                                   {"role": "user", "content": q2}], tokenize=False, add_generation_prompt=True)
+    full = hf.apply_chat_template(system + [{"role": "user", "content": question},
+                                            {"role": "assistant", "content": "A."},
+                                            {"role": "user", "content": q2}], tokenize=False, add_generation_prompt=True)
     between = full.split("A.<|im_end|>", 1)[1]
     assert between == "\n<|im_start|>user\nIs she happy?<|im_end|>\n<|im_start|>assistant\n"
     with torch.no_grad():
