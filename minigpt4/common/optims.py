@@ -201,9 +201,13 @@ def build_optimizer(model: nn.Module, run_cfg: Any) -> torch.optim.AdamW:
     logger.info("trainable parameters: %d (%d tensors with weight decay %.3g: %d values; %d without: %d values)",
                 n_decay + n_plain, len(groups[0]["params"]), run_cfg.weight_decay, n_decay,
                 len(groups[1]["params"]), n_plain)
+    scaled: Dict[float, int] = {}
     for group in groups:
         if group["lr_scale"] != 1.0:
-            logger.info("learning rate x%g for %d tensors (run.lr_scale)", group["lr_scale"], len(group["params"]))
+            scaled[group["lr_scale"]] = scaled.get(group["lr_scale"], 0) + len(group["params"])
+    for scale, count in scaled.items():
+        logger.info("learning rate x%g for %d tensors (run.lr_scale)", scale, count)
+    for group in groups:
         for name in group["names"]:
             logger.debug("trainable: %s (weight_decay=%g, lr x%g)", name, group["weight_decay"], group["lr_scale"])
     return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), weight_decay=float(run_cfg.weight_decay),
