@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from minigpt4.common.config import LIBRARY_ROOT
 from minigpt4.common.logger import get_logger, log_once
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.eva_vit import init_vision_encoder
@@ -53,7 +54,6 @@ from minigpt4.models.tokenizer import LLMTokenizer, load_tokenizer
 
 logger = get_logger(__name__)
 
-LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PLACEHOLDER = "<ImageHere>"
 IGNORE_INDEX = -100
 #: in token layouts (``LLMInputs.token_ids``, :meth:`MiniGPTBase.context_layout`): an image-embedding position
