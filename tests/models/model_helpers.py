@@ -4,41 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import LlamaConfig
 
-from minigpt4.common.schema import QFormerConfig, VitConfig
+from minigpt4.tools.tiny_weights import write_tiny_blip2, write_tiny_eva  # noqa: F401  (used by the conftest)
 
 #: ../shared/parity beside the clone
 PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
-
-TINY_VIT = VitConfig(embed_dim=32, depth=2, num_heads=2)
-TINY_QFORMER = QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-TINY_QUERIES = 4
-
-
-def write_tiny_eva(path: Path, img_size: int = 224, seed: int = 1) -> Path:
-    """A tiny EVA state dict in LAVIS's eva_vit_g.pth layout (plain dict, original key names)."""
-    from minigpt4.models.eva_vit import build_eva_vit
-
-    torch.manual_seed(seed)
-    vit = build_eva_vit(TINY_VIT, img_size)
-    torch.save({k: v.clone() for k, v in vit.state_dict().items()}, path)
-    return path
-
-
-def write_tiny_blip2(path: Path, seed: int = 2) -> Path:
-    """A tiny BLIP-2 checkpoint ``{'model': {Qformer.bert.*, query_tokens, ln_vision.*}}`` with LAVIS names."""
-    from minigpt4.models.qformer import build_qformer, qformer_key_to_upstream
-
-    torch.manual_seed(seed)
-    qformer, query_tokens = build_qformer(TINY_QFORMER, TINY_QUERIES, TINY_VIT.embed_dim)
-    state = {qformer_key_to_upstream("Qformer." + k): v.clone() for k, v in qformer.state_dict().items()}
-    state["query_tokens"] = query_tokens.detach().clone()
-    state["ln_vision.weight"] = 1 + 0.1 * torch.randn(TINY_VIT.embed_dim)
-    state["ln_vision.bias"] = 0.1 * torch.randn(TINY_VIT.embed_dim)
-    torch.save({"model": state}, path)
-    return path
 
 
 def llama_config(hidden: int, layers: int, heads: int, intermediate: int) -> LlamaConfig:
