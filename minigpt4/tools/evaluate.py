@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,14 +173,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.cfg_path, args.options)
     except ConfigError as err:
-        print(err)
+        print(err, file=sys.stderr)
         return 2
     if args.dataset not in cfg.datasets:
-        print(f"--dataset {args.dataset!r} is not in the config's datasets: {list(cfg.datasets)}")
+        print(f"--dataset {args.dataset!r} is not in the config's datasets: {list(cfg.datasets)}", file=sys.stderr)
         return 2
     splits = registry.get_builder_class(args.dataset)(cfg.datasets[args.dataset]).build_datasets()
     if args.split not in splits:
-        print(f"dataset {args.dataset} has splits {sorted(splits)}; set datasets.{args.dataset}.split.val_fraction")
+        print(f"dataset {args.dataset} has splits {sorted(splits)}; set datasets.{args.dataset}.split.val_fraction",
+              file=sys.stderr)
         return 2
     model = registry.get_model_class(cfg.model.arch).from_config(cfg.model).to(args.device)
     report = evaluate_closed_set(model, splits[args.split], max_candidates=args.max_candidates,

@@ -1,0 +1,79 @@
+"""Closed-set evaluation: candidates ranked by the model's own loss, open-ended sections skipped, baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import torch
+
+from minigpt4.common.registry import registry
+from minigpt4.tools.evaluate import candidate_losses, closed_sets, evaluate_closed_set
+
+Q = "<Img><ImageHere></Img> How does this person feel? "
+
+
+class _Items:
+    """A minimal dataset: a list of items (no annotation records, so answers are read from the items)."""
+
+    def __init__(self, items: List[Dict[str, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return self.items[i]
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tiny_llama_dir: Path) -> Any:
+    cls = registry.get_model_class("minigpt_v2")
+    cfg = cls.default_config("tiny", {"llama_model": str(tiny_llama_dir), "vit_ckpt": None, "freeze_vit": False})
+    torch.manual_seed(0)
+    return cls.from_config(cfg).eval()
+
+
+def _image(seed: int, size: int) -> torch.Tensor:
+    return torch.randn(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_candidate_losses_equal_the_models_own_loss_per_sample(tiny_v2: Any) -> None:
+    size = tiny_v2.cfg.image_size
+    images = torch.stack([_image(0, size), _image(1, size)])
+    cands = ["The person looks happy.", "The person looks sad."]
+    losses = candidate_losses(tiny_v2, images, [Q, Q], cands)
+    assert losses.shape == (2, 2)
+    with torch.no_grad():
+        for i in range(2):
+            for k, cand in enumerate(cands):
+                own = tiny_v2({"image": images[i:i + 1], "instruction_input": [Q], "answer": [cand]})["loss"]
+                assert losses[i, k].item() == pytest.approx(own.item(), rel=1e-5)
+
+
+def test_closed_sets_skip_open_ended_sections() -> None:
+    pairs = [("Expr", "happy"), ("Expr", "sad"), ("Expr", "happy"), ("Long", "a"), ("Long", "b"), ("Long", "c"),
+             ("One", "only")]
+    sets, skipped = closed_sets(pairs, max_candidates=2)
+    assert sets == {"Expr": ["happy", "sad"]}
+    assert skipped == {"Long": 3, "One": 1}
+
+
+def test_accuracy_is_the_share_of_lowest_loss_picks_with_chance_and_majority(tiny_v2: Any) -> None:
+    size = tiny_v2.cfg.image_size
+    answers = ["The person looks happy.", "The person looks sad.", "The person looks happy."]
+    items = [{"image": _image(i, size), "instruction_input": Q, "answer": a, "section": "Expr"}
+             for i, a in enumerate(answers)]
+    items.append({"image": _image(9, size), "instruction_input": Q, "answer": "free text", "section": "Open"})
+    report = evaluate_closed_set(tiny_v2, _Items(items), max_candidates=2, batch_size=2)
+    (result,) = report.sections
+    cands = sorted(set(answers))
+    losses = candidate_losses(tiny_v2, torch.stack([it["image"] for it in items[:3]]), [Q] * 3, cands)
+    expected = sum(cands[int(losses[i].argmin())] == answers[i] for i in range(3))
+    assert (result.section, result.n, result.correct) == ("Expr", 3, expected)
+    assert result.chance == pytest.approx(0.5) and result.majority == pytest.approx(2 / 3)
+    assert report.skipped == {"Open": 1}
+    assert "Expr" in report.table() and "open-ended" in report.table()
+    limited = evaluate_closed_set(tiny_v2, _Items(items), max_candidates=2, max_per_section=1)
+    assert limited.sections[0].n == 1
