@@ -7,15 +7,14 @@ Importing the package registers every builder, model, processor, task, runner an
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
+from minigpt4.common.config import LIBRARY_ROOT
 from minigpt4.common.registry import registry
 
 __all__ = ["registry", "LIBRARY_ROOT"]
 __version__ = "0.1.0"
 
 #: The installed ``minigpt4/`` folder; relative paths in component default YAMLs resolve against it.
-LIBRARY_ROOT = Path(__file__).resolve().parent
 
 # Registration happens in these subpackages' __init__ modules (each imports its own modules).
 for _sub in ("processors", "datasets.builders", "models", "tasks", "runners", "common.optims"):

@@ -36,8 +36,23 @@ logger = get_logger(__name__)
 
 LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_KEYS = ("model", "datasets", "run", "preprocess", "evaluation_datasets")
-#: Prose placeholders that upstream's YAMLs use for paths the user must fill in.
-PLACEHOLDER_PREFIXES = ("please set this value", "/path/to/")
+#: Placeholders that upstream's YAMLs (prose) and FaceGPT's presets (``???``) use for paths the user must fill in.
+PLACEHOLDER_PREFIXES = ("please set", "/path/to", "???")
+
+
+def is_placeholder(value: Any) -> bool:
+    """True for a value that stands in for a path the user has not set yet."""
+    return isinstance(value, str) and value.strip().lower().startswith(PLACEHOLDER_PREFIXES)
+
+
+def resolve_library_path(path: str | Path) -> Path:
+    """A relative path as given (from the working directory) or, failing that, under the ``minigpt4/`` folder
+    (where upstream's ``prompts/...`` files live)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    in_library = LIBRARY_ROOT / candidate
+    return in_library if in_library.exists() else candidate
 
 
 # ----------------------------------------------------------------------------------- problems
@@ -77,9 +92,7 @@ def _show(value: Any) -> str:
 def _is_unset(value: Any) -> bool:
     if value is None or value == MISSING:
         return True
-    return isinstance(value, str) and (
-        value.strip() == "" or value.strip().lower().startswith(PLACEHOLDER_PREFIXES)
-    )
+    return isinstance(value, str) and (value.strip() == "" or is_placeholder(value))
 
 
 # ------------------------------------------------------------------------------------ options
@@ -205,10 +218,8 @@ class _Validator:
     def check_path(self, kind: str, value: str, key: str, what: str) -> None:
         """A path exists when it does as given (relative: to the working directory) or, like upstream's
         ``prompts/...`` files, relative to the ``minigpt4/`` package folder."""
-        path = Path(value).expanduser()
-        candidates = [path] if path.is_absolute() else [Path.cwd() / path, LIBRARY_ROOT / path]
         exists = Path.is_file if kind == "file" else Path.is_dir if kind == "dir" else Path.exists
-        ok = any(exists(c) for c in candidates)
+        ok = exists(resolve_library_path(value))
         if not ok:
             noun = {"file": "file", "dir": "folder"}.get(kind, "file or folder")
             self.add(key, f"{noun} does not exist: {value}" + (f" (expected: {what})" if what else ""), value,

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from minigpt4.common.config import is_placeholder
 from minigpt4.common.logger import get_logger
 
 logger = get_logger(__name__)
@@ -26,8 +27,6 @@ _WHAT_BELONGS = (
     "a local Hugging Face LLaMA folder (config.json, weights, tokenizer.model), e.g. Vicuna v0 or "
     "Llama-2-7b-chat-hf, or a local .gguf file"
 )
-#: values upstream's YAMLs shipped instead of a path
-_PLACEHOLDER_PREFIXES = ("please set", "/path/to", "???")
 
 DTYPES: Dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -68,7 +67,7 @@ def resolve_llm_path(value: Optional[str]) -> Tuple[Path, Optional[str]]:
     if value is None or not str(value).strip():
         raise llm_path_error(value, "no language model is set")
     text = str(value).strip()
-    if text.lower().startswith(_PLACEHOLDER_PREFIXES):
+    if is_placeholder(text):
         raise llm_path_error(value, "this is the preset's placeholder, not a path")
     path = Path(text).expanduser()
     if path.suffix == ".gguf":

@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from minigpt4.common.config import LIBRARY_ROOT
+from minigpt4.common.config import LIBRARY_ROOT, resolve_library_path
 from minigpt4.common.logger import get_logger, log_once
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.eva_vit import init_vision_encoder
@@ -98,15 +98,6 @@ def _optional_path(cfg: DictConfig, key: str, what: str) -> Optional[str]:
         )
     value = cfg[key]
     return str(value) if value not in (None, "") else None
-
-
-def resolve_library_path(path: str) -> Path:
-    """A relative path as given (from the working directory) or, failing that, under the ``minigpt4/`` folder."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or candidate.exists():
-        return candidate
-    in_library = LIBRARY_ROOT / candidate
-    return in_library if in_library.exists() else candidate
 
 
 class MiniGPTBase(nn.Module):

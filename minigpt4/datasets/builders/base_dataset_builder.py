@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Type
 
 from omegaconf import DictConfig, OmegaConf
 
+from minigpt4.common.config import LIBRARY_ROOT  # DATASET_CONFIG_DICT paths are relative to it
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import DatasetConfig
@@ -25,8 +26,6 @@ from minigpt4.processors.base_processor import BaseProcessor
 
 logger = get_logger(__name__)
 
-#: the ``minigpt4/`` folder (same as ``minigpt4.LIBRARY_ROOT``); DATASET_CONFIG_DICT paths are relative to it
-LIBRARY_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DatasetConfigError(ValueError):
