@@ -1,18 +1,39 @@
-"""``facegpt-data clean``: drop GPT-4V refusals and exact duplicates, strip disclaimer sentences.
+"""``facegpt-data clean``: drop GPT-4V refusals and exact duplicates, strip hedge clauses and disclaimers.
 
-Refusal rules (all case-insensitive, after curly apostrophes become ``'``), from public refusal filters:
+GPT-4V answers about faces often open with a hedge and then answer ("While I can't know how the person feels,
+the person appears to be smiling ..."). The cleaner keeps every answer that answers and strips only the hedge.
+Matching is case-insensitive, after curly apostrophes become ``'``. An answer is cut into sentences, each
+sentence into **segments** at strong clause boundaries (``, but`` / ``; however,`` / ``, though`` / ``:`` /
+dashes ...), and each segment is one of:
 
-* a sentence is a **disclaimer** when it starts with one of :data:`REFUSAL_PREFIXES` ("I'm sorry", "I cannot",
-  "As an AI", ...) or matches one of :data:`HEDGE_PATTERNS` ("can't … determine/identify/assess …",
-  "not appropriate to", "cannot determine race", ...);
-* an answer whose disclaimer sentences are removed keeps the rest when at least :data:`MIN_KEPT_WORDS` words of
-  real answer remain (**stripped**); otherwise the answer is a **refusal** and its question/answer pair is
-  dropped; a record with no pair left is dropped;
-* **duplicates**: a record whose image and conversation (lower-cased, whitespace-collapsed) equal an earlier
-  record's is dropped.
+* **disclaimer**: it opens with an apology or AI preamble ("I'm sorry", "As an AI"); or an inability or
+  impropriety ("can't", "unable to", "not possible to", "not appropriate to", "hard to" ...) governs a
+  judgement verb ("determine", "identify", "know", "tell", "make assumptions", "be certain", "help with" ...),
+  possibly through adverbs ("can't *fully* assess"); or the judgement is passive ("can't be determined"), a
+  gerund subject ("determining X isn't reliable"), or first-person doubt ("I'm not sure"). Inability without a
+  judgement verb is description ("cannot be seen", "can't help laughing", "hard to miss") and stays;
+* a **hedge intro**: a leading subordinate clause ("While I can't know how they feel, ...", "Although an
+  accurate classification requires an in-person assessment, ...") that is a disclaimer, or a concession about
+  accuracy or sensitivity that names nobody in the image, followed by a main clause that answers: only the
+  intro goes. A trailing concession of the same kind (", though I can't be certain") goes too;
+* an **offer** ("However, I can describe the visible features", "If you have other questions, ..."), or a
+  lead-in ("I can tell you that") in front of the answer, which then stays;
+* **content**: everything else.
 
-The input file is never modified: the cleaned copy is written elsewhere, in the same layout, with a report
-of kept/dropped per section. Records that are not LLaVA-shaped and prompt sections pass through unchanged.
+In an answer that holds a disclaimer, a sentence that names nobody in the image and speaks of accuracy or
+sensitivity in general ("Gender identity is personal.", "Please consult a dermatologist.") is commentary and
+goes too, as does a caveat sentence ("Please note that ... is speculative"). Answers without a disclaimer are
+kept byte for byte. Otherwise the disclaimer, offer and commentary parts are removed and the rest is rebuilt:
+the connective left in front ("However,", "That said,", "But") is dropped, the first letter is capitalised
+and the sentence keeps its end mark (**stripped**). When fewer than :data:`MIN_KEPT_WORDS` words of content
+remain, the answer is a **refusal** and its question/answer pair is dropped; a record with no pair left is
+dropped. **Duplicates**: a record whose image and conversation (lower-cased, whitespace-collapsed) equal an
+earlier record's is dropped.
+
+Precision and recall on a hand-labelled set of GPT-4V-style face answers are printed by
+``benchmarks/bench_refusal_detector.py``. The input file is never modified: the cleaned copy is written
+elsewhere, in the same layout, with a report of kept/dropped per section. Records that are not LLaVA-shaped
+and prompt sections pass through unchanged.
 """
 
 from __future__ import annotations
@@ -27,42 +48,192 @@ from typing import Any, Dict, List, Optional, Tuple
 from minigpt4.datasets.json_stream import iter_sections
 from minigpt4.tools.data_common import AnnFile, format_table, is_prompt_section, iter_file, progress, sections_of
 
-REFUSAL_PREFIXES = (
-    "i'm sorry", "i am sorry", "sorry,", "i apologize", "i cannot", "i can't", "i can not", "i'm unable",
-    "i am unable", "i'm not able", "i am not able", "as an ai", "i won't be able", "unfortunately, i can't",
-    "unfortunately, i cannot",
-)
-HEDGE_PATTERNS = tuple(re.compile(p) for p in (
-    r"\b(can't|cannot|can not|unable to|not able to|won't)\b[^.!?]{0,80}\b(identify|determine|assess|provide|"
-    r"tell|infer|speculate|make assumptions|guess|recognize|know)\b",
-    r"\bit'?s not (appropriate|possible) to\b",
-    r"\bit is not (appropriate|possible) to\b",
-    r"\bnot (appropriate|possible) (for me )?to (determine|infer|assume|identify|speculate|make)\b",
-    r"\b(cannot|can't|not possible to) (determine|tell|infer|identify)\b[^.!?]{0,40}\b(race|ethnicity|gender|"
-    r"identity|age|skin type)\b",
+MIN_KEPT_WORDS = 2
+
+_ADVERBS = (r"(?:really|fully|accurately|reliably|definitively|definitely|precisely|exactly|confidently|truly|"
+            r"actually|always|easily|objectively|properly|correctly|simply|just|necessarily|possibly|entirely)")
+#: verbs of judging or answering that an inability must govern for a clause to be a disclaimer
+_JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|judge|say|ascertain|confirm|"
+          r"classify|categori[sz]e|recogni[sz]e|estimate|measure|evaluate|assign|conclude|label|diagnose|gauge|"
+          r"discern|deduce|provide|offer|give|share|comment|discuss|answer|comply|fulfill?|assist|"
+          r"help(?: with| you|(?=\s*(?:[.!,;]|$)))|"
+          r"make (?:any )?(?:assumptions|judg(?:e)?ments|determinations|inferences|guesses|claims|conclusions|"
+          r"a (?:determination|judg(?:e)?ment|guess))|"
+          r"be (?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
+          r"do (?:that|this))\b")
+_NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't be able to|not in a position to|"
+        r"(?:not |im)possible(?: for (?:me|anyone|us))? to|(?:not |in)appropriate(?: for (?:me|anyone|us))? to|"
+        r"not feasible to|(?:difficult|hard|challenging|tricky)(?: for (?:me|anyone|us))? to|no way to|"
+        r"\bi (?:do not|don't|won't|will not|would not|wouldn't)|(?:one|you|we) (?:should not|shouldn't))")
+_PARTICIPLE = (r"(?:determined|identified|assessed|known|inferred|judged|measured|ascertained|established|"
+               r"deduced|confirmed|classified|estimated|told|assumed|discerned)")
+_LIMIT_ADJ = (r"(?:(?:is|are|would be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:reliable|possible|"
+              r"accurate|appropriate|feasible)|(?:is|are|would be|can be)\s+(?:speculative|impossible|difficult|"
+              r"hard|challenging|unreliable|inaccurate|inappropriate|subjective)")
+_DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
+    r"\b" + _NEG + r"(?:\s+" + _ADVERBS + r")*\s+" + _JUDGE,
+    r"\b(?:can't|cannot|can not|couldn't|could not|isn't|is not|aren't|are not|won't|will not)\s+(?:be\s+)?"
+    r"(?:" + _ADVERBS + r"\s+)*" + _PARTICIPLE + r"\b",
+    r"\b(?:determining|identifying|assessing|judging|inferring|guessing|assigning|classifying|estimating|"
+    r"measuring|making assumptions|speculating)\b[^.;:!?]{0,80}?\b(?:" + _LIMIT_ADJ + r")\b",
+    r"\bi(?:'m| am) (?:not (?:sure|certain)|uncertain)\b",
+    r"\b(?:not|n't)\s+(?:provide|give|offer|contain|have|include)\s+(?:enough|sufficient)\s+"
+    r"(?:information|detail|details|context|evidence)\b",
+    r"\b(?:don't|do not) have the (?:ability|capability|capacity|means)\b",
 ))
-MIN_KEPT_WORDS = 6
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_APOLOGY = re.compile(r"^(?:i'm sorry|i am sorry|sorry\b|i apologi[sz]e|my apologies|unfortunately,? i\b|"
+                      r"as an ai\b|as a language model|as an artificial)")
+#: words of accuracy or sensitivity that make a clause naming nobody in the image a caveat
+_CAVEAT = re.compile(r"\b(?:accurate|accurately|accuracy|reliable|reliably|certain|certainty|definitive|"
+                     r"definitively|precise|precisely|exact|exactly|estimate|approximation|speculative|speculation|"
+                     r"subjective|stereotyp\w*|assumptions?|in-person|in person|dermatologists?|professionals?|"
+                     r"qualified|medical|clinical|complex|personal|identity|self-identif\w*|social construct|"
+                     r"sensitive|privacy|private)\b")
+_CAVEAT_OPENER = re.compile(r"^(?:please note|note that|keep in mind|please keep in mind|bear in mind|please bear "
+                            r"in mind|it's (?:important|worth) (?:to )?(?:note|noting|remember)|it is (?:important|"
+                            r"worth) (?:to )?(?:note|noting|remember)|remember that|please remember|please be aware)")
+_REFERENT = re.compile(r"\b(?:he|she|they|him|her|them|his|hers|their|theirs|himself|herself|themselves|"
+                       r"person|persons|people|individuals?|man|men|woman|women|boys?|girls?|child|children|kids?|"
+                       r"toddler|baby|adults?|teen|teenager|image|photo|photograph|picture|portrait|faces?|subject)\b")
+_OFFER = re.compile(r"^(?:i can(?: however,?)? (?:describe|tell|provide|offer|give|share|help|assist|say|comment|"
+                    r"talk)\b|i(?:'d| would) (?:be )?(?:happy|glad) to|i(?:'m| am) (?:happy|glad) to|let me\b|"
+                    r"here(?: is|'s| are)\b|if you\b|feel free|(?:please )?let me know|what i can\b|thank you|thanks\b)")
+_LEAD_IN = re.compile(r"^(?:what )?i can (?:tell you|say|confirm|see|note|observe|describe)(?: is)? that\s+")
+_CONNECTIVE = re.compile(r"^(?:(?:however|nevertheless|nonetheless|still|instead|regardless|anyway|that said|"
+                         r"that being said|having said that|with that said|even so|in any case|though|although)\s*,\s*|"
+                         r"(?:but|yet|though|and|so)\b,?\s*)")
+_BOUNDARY = re.compile(r"\s*;\s*(?:(?:however|but|still|nevertheless|nonetheless|that said|yet)\b,?\s*)?|"
+                       r",\s*(?:but|however|though|although|even though|yet|while|whereas|that said|nevertheless|"
+                       r"nonetheless)\b,?\s*|\s+but\s+|:\s+|\s+(?:\u2014|\u2013|--?)\s+")
+_CONCESSIVE_LEAD = re.compile(r"^[,;]?\s*(?:but|though|although|even though|while|whereas)\b")
+_SUBORDINATE = re.compile(r"^(?:while|although|though|even though|even if|whereas|since|because|as|given that|"
+                          r"despite|without)\b")
+_CONCESSIVE = re.compile(r"^(?:while|although|though|even though|even if|whereas)\b")
+_SENTENCE = re.compile(r"(?<=[.!?])[\"')]?\s+(?=[\"'(]?[A-Z0-9])")
+_END = re.compile(r"[.!?]+[\"')]*$")
 
 
 def _norm(text: str) -> str:
-    return text.replace("\u2019", "'").replace("\u2018", "'").lower()
+    """Lower-case with straight apostrophes; the same length as ``text``, so offsets carry over."""
+    return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'").lower()
 
 
-def is_disclaimer(sentence: str) -> bool:
-    """Whether one sentence is a refusal or hedge."""
-    s = _norm(sentence).strip()
-    return s.startswith(REFUSAL_PREFIXES) or any(p.search(s) for p in HEDGE_PATTERNS)
+def _names_someone(text: str) -> bool:
+    """Whether a clause refers to a person or the picture (not counting "in person")."""
+    return bool(_REFERENT.search(re.sub(r"\bin[- ]person\b", " ", text)))
+
+
+def is_disclaimer(clause: str) -> bool:
+    """Whether one clause states that the answerer cannot or will not judge (a refusal or hedge)."""
+    s = _strip_connective(_norm(clause).strip())
+    return bool(_APOLOGY.match(s)) or any(p.search(s) for p in _DISCLAIMER_PATTERNS)
+
+
+def _is_caveat(clause: str) -> bool:
+    """A general remark about accuracy or sensitivity that names nobody in the image."""
+    s = _norm(clause)
+    return bool(_CAVEAT.search(s)) and not _names_someone(s)
+
+
+def _strip_connective(s: str) -> str:
+    return _CONNECTIVE.sub("", s, count=1)
+
+
+def _clause_comma(body: str) -> Optional[int]:
+    """Offset of the comma that ends a leading subordinate clause (list commas are skipped), or None."""
+    for m in re.finditer(r",\s*", body):
+        nxt = body[m.end():].split(",")[0]
+        if len(nxt.split()) >= 3 and not re.match(r"(?:or|and|nor)\b", nxt, re.I):
+            return m.start()
+    return None
+
+
+def _segment_kind(lead: str, body: str) -> Tuple[str, str]:
+    """``(kind, text kept)`` for one segment; kind ∈ disclaimer, hedged (intro cut off), offer, content."""
+    s = _norm(body)
+    bare = _strip_connective(s.strip())
+    if _APOLOGY.match(bare):
+        return "disclaimer", ""
+    if is_disclaimer(body):
+        sub = _SUBORDINATE.match(bare)
+        comma = _clause_comma(body) if sub else None
+        if comma is not None and not is_disclaimer(body[comma + 1:]) and is_disclaimer(body[:comma]):
+            return "hedged", body[comma + 1:].lstrip(" ,")  # only the hedge intro goes
+        return "disclaimer", ""
+    if _CONCESSIVE.match(bare):
+        comma = _clause_comma(body)
+        if comma is not None and _is_caveat(body[:comma]):
+            return "hedged", body[comma + 1:].lstrip(" ,")
+    if lead and _CONCESSIVE_LEAD.match(_norm(lead).strip()) and _is_caveat(body):
+        return "disclaimer", ""  # a trailing ", though an accurate assessment needs ..."
+    lead_in = _LEAD_IN.match(bare)
+    if lead_in:
+        return "content", body[len(body) - len(bare) + lead_in.end():]
+    if _OFFER.match(bare):
+        return "offer", ""
+    return "content", body
+
+
+def _segments(core: str) -> List[Tuple[str, str]]:
+    """``[(lead, body), ...]`` whose concatenation is ``core``; the first lead is empty."""
+    out, start, lead = [], 0, ""
+    for m in _BOUNDARY.finditer(core):
+        if m.start() == 0 or m.end() == len(core):
+            continue
+        out.append((lead, core[start:m.start()]))
+        lead, start = m.group(0), m.end()
+    out.append((lead, core[start:]))
+    return out
+
+
+def _clean_sentence(sentence: str) -> Tuple[bool, str]:
+    """``(had a disclaimer, what is left)`` for one sentence (kept verbatim when nothing goes)."""
+    end = _END.search(sentence)
+    core, mark = (sentence[:end.start()], end.group(0)) if end else (sentence, "")
+    parts = [(lead, body, *_segment_kind(lead, body)) for lead, body in _segments(core)]
+    had = any(kind in ("disclaimer", "hedged") for _, _, kind, _ in parts)
+    if all(kind == "content" and kept == body for _, body, kind, kept in parts):
+        return had, sentence
+    kept: List[str] = []
+    for lead, _, kind, text in parts:
+        if kind in ("content", "hedged") and text.strip():
+            kept.append(text if not kept else lead + text)
+    if not kept:
+        return had, ""
+    return had, _tidy("".join(kept).rstrip(" ,;:") + (mark or "."))
+
+
+def _tidy(text: str) -> str:
+    """Drop a leading connective and capitalise the first letter."""
+    text = text.strip()
+    cut = len(text) - len(_strip_connective(_norm(text)))
+    text = text[cut:]
+    return text[:1].upper() + text[1:]
+
+
+def _is_commentary(sentence: str) -> bool:
+    """A sentence about accuracy or sensitivity in general (dropped only in answers that hold a disclaimer)."""
+    s = _strip_connective(_norm(sentence).strip())
+    return bool(_CAVEAT_OPENER.match(s) and _CAVEAT.search(s)) or _is_caveat(sentence)
 
 
 def classify_answer(text: str) -> Tuple[str, str]:
     """``("ok" | "stripped" | "refusal", text to keep)`` for one assistant answer."""
-    sentences = [s for s in _SENTENCE.split(text.strip()) if s]
-    kept = [s for s in sentences if not is_disclaimer(s)]
-    if len(kept) == len(sentences):
+    sentences = [s for s in _SENTENCE.split(text.strip()) if s.strip()]
+    cleaned = [_clean_sentence(s) for s in sentences]
+    caveats = [bool(_CAVEAT_OPENER.match(_norm(s).strip()) and _CAVEAT.search(_norm(s))) for s in sentences]
+    if not any(had for had, _ in cleaned) and not any(caveats):
         return "ok", text
+    kept: List[str] = []
+    dropped_before = False
+    for sentence, (had, rest) in zip(sentences, cleaned):
+        if not rest or (not had and _is_commentary(sentence)):
+            dropped_before = True
+            continue
+        kept.append(_tidy(rest) if dropped_before or rest != sentence else rest)
+        dropped_before = False
     rest = " ".join(kept)
-    if len(rest.split()) >= MIN_KEPT_WORDS and not is_disclaimer(rest):
+    if len(rest.split()) >= MIN_KEPT_WORDS:
         return "stripped", rest
     return "refusal", ""
 
