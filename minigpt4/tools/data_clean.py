@@ -243,6 +243,38 @@ def is_refusal(text: str) -> bool:
     return classify_answer(text)[0] == "refusal"
 
 
+def score_labelled(examples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Refusal precision/recall and cleaned-text exactness of :func:`classify_answer` on labelled answers.
+
+    Each example has ``answer``, ``label`` ("refusal" | "answer") and, when the cleaner should change the
+    answer, ``cleaned`` (the expected text; absent means "kept verbatim"). A refusal is the positive class.
+    """
+    counts = {"n": 0, "tp": 0, "fp": 0, "fn": 0, "tn": 0, "hedged": 0, "hedged_exact": 0, "verbatim": 0,
+              "verbatim_exact": 0}
+    errors: List[Dict[str, Any]] = []
+    for k, ex in enumerate(examples):
+        if ex.get("label") not in ("refusal", "answer") or not isinstance(ex.get("answer"), str):
+            raise ValueError(f"labelled example #{k} ({ex.get('id', '?')}): needs a string 'answer' and 'label' "
+                             f"'refusal' or 'answer'")
+        verdict, text = classify_answer(ex["answer"])
+        said, truth = verdict == "refusal", ex["label"] == "refusal"
+        counts["n"] += 1
+        counts[("tp" if truth else "fp") if said else ("fn" if truth else "tn")] += 1
+        expected = ex.get("cleaned", ex["answer"])
+        exact = not said and text == expected
+        if not truth:
+            group = "hedged" if expected != ex["answer"] else "verbatim"
+            counts[group] += 1
+            counts[group + "_exact"] += exact
+        if said != truth or (not truth and not exact):
+            errors.append({"id": ex.get("id", k), "label": ex["label"], "verdict": verdict, "answer": ex["answer"],
+                           "got": text, "expected": None if truth else expected})
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    counts["precision"] = tp / (tp + fp) if tp + fp else 1.0
+    counts["recall"] = tp / (tp + fn) if tp + fn else 1.0
+    return {**counts, "errors": errors}
+
+
 def _dedupe_key(raw: Dict[str, Any]) -> str:
     turns = " | ".join(f"{t.get('from')}:{' '.join(str(t.get('value')).lower().split())}"
                        for t in raw["conversations"])
