@@ -55,21 +55,28 @@ _ADVERBS = (r"(?:really|fully|accurately|reliably|definitively|definitely|precis
 #: verbs of judging or answering that an inability must govern for a clause to be a disclaimer
 _JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|judge|say|ascertain|confirm|"
           r"classify|categori[sz]e|recogni[sz]e|estimate|measure|evaluate|assign|conclude|label|diagnose|gauge|"
-          r"discern|deduce|provide|offer|give|share|comment|discuss|answer|comply|fulfill?|assist|"
+          r"discern|deduce|provide|offer|give|share|comment|discuss|answer|comply|fulfill?|assist|verify|check|"
+          r"analy[sz]e|interpret|rate|describe|quantify|pinpoint|establish|predict|specify|"
           r"help(?: with| you|(?=\s*(?:[.!,;]|$)))|"
           r"make (?:any )?(?:assumptions|judg(?:e)?ments|determinations|inferences|guesses|claims|conclusions|"
           r"a (?:determination|judg(?:e)?ment|guess))|"
           r"be (?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
-          r"do (?:that|this))\b")
+          r"do (?:that|this|it|so))\b")
 _NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't be able to|not in a position to|"
-        r"(?:not |im)possible(?: for (?:me|anyone|us))? to|(?:not |in)appropriate(?: for (?:me|anyone|us))? to|"
-        r"not feasible to|(?:difficult|hard|challenging|tricky)(?: for (?:me|anyone|us))? to|no way to|"
-        r"\bi (?:do not|don't|won't|will not|would not|wouldn't)|(?:one|you|we) (?:should not|shouldn't))")
+        r"(?:(?:\w*n't|not|never)(?: be)? |im|in)(?:possible|appropriate|feasible|fair|right)(?: for (?:me|anyone|us|one))? to|"
+        r"(?:difficult|hard|challenging|tricky)(?: for (?:me|anyone|us))? to|no (?:\w+ )?way to|"
+        r"\bi (?:do not|don't|won't|will not|would not|wouldn't)|(?:one|you|we) (?:should not|shouldn't)|"
+        r"not (?:allowed|permitted|authori[sz]ed|designed|programmed|going|willing) to|(?:would|'d) rather not|"
+        r"prefer not to|refrain from|decline to)")
 _PARTICIPLE = (r"(?:determined|identified|assessed|known|inferred|judged|measured|ascertained|established|"
                r"deduced|confirmed|classified|estimated|told|assumed|discerned)")
 _LIMIT_ADJ = (r"(?:(?:is|are|would be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:reliable|possible|"
               r"accurate|appropriate|feasible)|(?:is|are|would be|can be)\s+(?:speculative|impossible|difficult|"
               r"hard|challenging|unreliable|inaccurate|inappropriate|subjective)")
+#: "from an image" in general (not "from this picture"): the mark of a claim about what images can show
+_FROM_IMAGE = (r"(?:\bfrom (?:an? |one |a single )?(?:still |static |single )?(?:image|photo|photograph|picture|face|"
+               r"snapshot|frame)s?\b|\bfrom (?:someone's |a person's |their |physical )?(?:appearance|looks)\b|"
+               r"\b(?:image|photo|picture|face|appearance) alone\b)")
 _DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
     r"\b" + _NEG + r"(?:\s+" + _ADVERBS + r")*\s+" + _JUDGE,
     r"\b(?:can't|cannot|can not|couldn't|could not|isn't|is not|aren't|are not|won't|will not)\s+(?:be\s+)?"
@@ -80,6 +87,8 @@ _DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
     r"\b(?:not|n't)\s+(?:provide|give|offer|contain|have|include)\s+(?:enough|sufficient)\s+"
     r"(?:information|detail|details|context|evidence)\b",
     r"\b(?:don't|do not) have the (?:ability|capability|capacity|means)\b",
+    r"\bnot something (?:that )?(?:i|one|we|you|anyone)?\s*(?:'m |am |are |is )?(?:can|could|able|allowed)\b",
+    r"\b(?:can't|cannot|can not|unable to|impossible|not possible|no (?:\w+ )?way)\b[^.;:!?]{0,80}?" + _FROM_IMAGE,
 ))
 _APOLOGY = re.compile(r"^(?:i'm sorry|i am sorry|sorry\b|i apologi[sz]e|my apologies|unfortunately,? i\b|"
                       r"as an ai\b|as a language model|as an artificial)")
@@ -113,9 +122,14 @@ _SENTENCE = re.compile(r"(?<=[.!?])[\"')]?\s+(?=[\"'(]?[A-Z0-9])")
 _END = re.compile(r"[.!?]+[\"')]*$")
 
 
+_QUOTED = re.compile(r"(?<!\w)'(?:[^']|'(?=\w))*'(?!\w)|\"[^\"]*\"|\u201c[^\u201d]*\u201d")
+
+
 def _norm(text: str) -> str:
-    """Lower-case with straight apostrophes; the same length as ``text``, so offsets carry over."""
-    return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'").lower()
+    """Lower-case, straight apostrophes, quoted text blanked ("her shirt reads 'I cannot tell a lie'" quotes
+    nobody's refusal); the same length as ``text``, so offsets carry over."""
+    s = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'").lower()
+    return _QUOTED.sub(lambda m: m.group(0)[0] + "q" * (len(m.group(0)) - 2) + m.group(0)[-1], s)
 
 
 def _names_someone(text: str) -> bool:
@@ -155,7 +169,7 @@ def _segment_kind(lead: str, body: str) -> Tuple[str, str]:
     if _APOLOGY.match(bare):
         return "disclaimer", ""
     if is_disclaimer(body):
-        sub = _SUBORDINATE.match(bare)
+        sub = _SUBORDINATE.match(s.strip()) or _SUBORDINATE.match(bare)
         comma = _clause_comma(body) if sub else None
         if comma is not None and not is_disclaimer(body[comma + 1:]) and is_disclaimer(body[:comma]):
             return "hedged", body[comma + 1:].lstrip(" ,")  # only the hedge intro goes
@@ -192,6 +206,9 @@ def _clean_sentence(sentence: str) -> Tuple[bool, str]:
     core, mark = (sentence[:end.start()], end.group(0)) if end else (sentence, "")
     parts = [(lead, body, *_segment_kind(lead, body)) for lead, body in _segments(core)]
     had = any(kind in ("disclaimer", "hedged") for _, _, kind, _ in parts)
+    if had:  # beside a disclaimer, a clause on accuracy or sensitivity in general is commentary
+        parts = [(lead, body, "commentary" if kind == "content" and _is_caveat(body) else kind, kept)
+                 for lead, body, kind, kept in parts]
     if all(kind == "content" and kept == body for _, body, kind, kept in parts):
         return had, sentence
     kept: List[str] = []
