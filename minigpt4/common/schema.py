@@ -88,7 +88,10 @@ class ModelConfig:
     image_size: int = 224
     drop_path_rate: float = 0.0
     use_grad_checkpoint: bool = False
-    vit_precision: str = choice_field("fp16", ["fp16", "bf16", "fp32"])
+    vit_precision: str = choice_field(
+        "fp16", ["fp16", "bf16", "fp32"],
+        help="storage of a frozen tower: fp32, or half (fp16/bf16 = the run's autocast dtype); compute: run.precision",
+    )  # FaceGPT: upstream's key, now storage only (common/precision.py)
     freeze_vit: bool = True
 
     # Q-Former (MiniGPT-4 with Vicuna)
@@ -102,7 +105,10 @@ class ModelConfig:
     llama_model: str = path_field(
         MISSING, "any", required=True, help="HF LLaMA folder (config.json + tokenizer) or a local .gguf file"
     )
-    llm_precision: str = choice_field("fp16", ["fp16", "bf16", "fp32"])  # FaceGPT: upstream always fp16
+    llm_precision: str = choice_field(
+        "fp16", ["fp16", "bf16", "fp32"],
+        help="storage of the frozen LLM: fp32, or half (fp16/bf16 = the run's autocast dtype); compute: run.precision",
+    )  # FaceGPT: upstream always loaded fp16 and autocast fp16; storage only now (common/precision.py)
     attn_implementation: Optional[str] = choice_field(
         None,
         [None, "sdpa", "eager"],
@@ -208,7 +214,7 @@ class RunConfig:
     log_freq: int = 50
     seed: int = 42
     output_dir: str = "output"
-    amp: bool = True
+    amp: bool = True  # upstream's switch: False = fp32 whatever run.precision says
     resume_ckpt_path: Optional[str] = None  # null, "auto" (newest complete checkpoint of the job) or a path
     evaluate: bool = False
     train_splits: List[str] = field(default_factory=lambda: ["train"])
@@ -227,7 +233,8 @@ class RunConfig:
     run_id: Optional[str] = None  # run folder under output_dir/job_name; null = start time (YYYYmmddHHMMSS)
     precision: str = choice_field(
         "auto", ["auto", "bf16", "fp16", "fp32"],
-        help="autocast dtype: auto = bf16 on CUDA with bf16, fp16 (+GradScaler) on other CUDA, fp32 on CPU",
+        help="the run's one precision policy (training, validation, chat, evaluation): auto = bf16 on CUDA with "
+        "bf16, fp16 (+GradScaler) on other CUDA, fp32 on CPU",
     )
     scale_loss_by_accum: bool = True  # divide the loss by accum_grad_iters (upstream did not: set False)
     # learning-rate multiplier per module prefix, e.g. {visual_encoder: 10} (a tower trained from scratch)

@@ -19,6 +19,7 @@ from torch import nn
 
 from minigpt4.common.config import is_placeholder
 from minigpt4.common.logger import get_logger
+from minigpt4.common.precision import DTYPES as PRECISION_DTYPES
 
 logger = get_logger(__name__)
 
@@ -28,7 +29,9 @@ _WHAT_BELONGS = (
     "Llama-2-7b-chat-hf, or a local .gguf file"
 )
 
-DTYPES: Dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# the storage dtype of the frozen LLM is the precision policy's decision (``model.llm_precision`` after
+# common.precision.configure_model_precision); DTYPES maps its names to torch dtypes
+DTYPES: Dict[str, torch.dtype] = PRECISION_DTYPES
 
 
 class LLMLoadError(ValueError):
@@ -108,7 +111,8 @@ def load_llm(
     low_resource: bool = False,
     device_8bit: int = 0,
 ) -> nn.Module:
-    """A causal LM from a local HF folder or ``.gguf`` file (``model.llama_model``)."""
+    """A causal LM from a local HF folder or ``.gguf`` file (``model.llama_model``), weights stored in ``precision``
+    (the non-quantized part with ``low_resource``)."""
     from transformers import AutoModelForCausalLM
 
     folder, gguf_file = resolve_llm_path(value)

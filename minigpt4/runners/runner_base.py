@@ -28,12 +28,13 @@ from minigpt4.common.logger import get_logger
 from minigpt4.common.metrics import (CURVE_FILE, SUMMARY_FILE, MetricsWriter, format_summary, peak_memory,
                                      plot_loss_curves, read_metrics, truncate_metrics)
 from minigpt4.common.optims import build_lr_scheduler, build_optimizer
+from minigpt4.common.precision import PrecisionPolicy, policy_from_run_config
 from minigpt4.common.registry import registry
 from minigpt4.runners.checkpointing import (BEST, LATEST, CheckpointManager, ResumeTarget, atomic_write_json,
                                             capture_rng, load_weights, resolve_resume, restore_rng)
 from minigpt4.runners.loaders import MixingLoader, ResumableLoader, mix_seed, move_to_device, validation_loader
 from minigpt4.runners.progress import Progress, WindowMeter
-from minigpt4.runners.settings import autocast_factory, check_run_settings, output_root, resolve_precision
+from minigpt4.runners.settings import check_run_settings, output_root
 from minigpt4.tasks.base_task import LoopContext, LoopCounters
 
 logger = get_logger(__name__)
@@ -52,8 +53,9 @@ class RunnerBase:
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
         self.use_distributed = du.is_dist_avail_and_initialized()
         self.is_main = self.rank == 0
-        self.precision = resolve_precision(self.run_cfg, self.device)
-        self.autocast = autocast_factory(self.precision, self.device)
+        # the one precision policy of the run: autocast of training and validation, and the GradScaler (fp16)
+        self.policy: PrecisionPolicy = policy_from_run_config(self.run_cfg, self.device)
+        self.precision = self.policy.name
         check_run_settings(self.run_cfg)
         self.unwrapped_model = self._prepare_model(model)
         self.model = self._wrap(self.unwrapped_model)
@@ -98,12 +100,12 @@ class RunnerBase:
             raise ValueError("run.iters_per_epoch is not set and the train datasets have no length; set it")
         self.optimizer = build_optimizer(self.unwrapped_model, self.run_cfg)
         self.lr_scheduler = build_lr_scheduler(self.run_cfg, self.optimizer, self.iters_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.scaler = self.policy.grad_scaler()
         if target is not None:
             self._restore(target)
         self._open_sinks()
-        logger.info("run folder %s | %d process(es) on %s | precision %s | %d epochs x %d iterations | "
-                    "accum_grad_iters %d", self.run_dir, self.world_size, self.device, self.precision,
+        logger.info("run folder %s | %d process(es) on %s | precision: %s | %d epochs x %d iterations | "
+                    "accum_grad_iters %d", self.run_dir, self.world_size, self.device, self.policy,
                     self.run_cfg.max_epoch, self.iters_per_epoch, self.run_cfg.accum_grad_iters)
 
     def _choose_run_dir(self) -> Tuple[Optional[ResumeTarget], Path]:
@@ -294,7 +296,7 @@ class RunnerBase:
     def _train_epochs(self) -> None:
         ctx = LoopContext(
             model=self.model, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
-            data_loader=self.train_loader, device=self.device, autocast=self.autocast,
+            data_loader=self.train_loader, device=self.device, precision=self.policy,
             iters_per_epoch=self.iters_per_epoch, accum_grad_iters=int(self.run_cfg.accum_grad_iters),
             scale_loss_by_accum=bool(self.run_cfg.scale_loss_by_accum), max_grad_norm=self.run_cfg.max_grad_norm,
             max_nonfinite_steps=int(self.run_cfg.max_nonfinite_steps), scaler=self.scaler,
@@ -370,7 +372,7 @@ class RunnerBase:
         """Validation loss over every validation loader (all ranks); keeps ``checkpoint_best.pth``."""
         if not self.val_loaders:
             return None
-        parts = self.task.validation_loss(self.unwrapped_model, self.val_loaders, self.device, self.autocast,
+        parts = self.task.validation_loss(self.unwrapped_model, self.val_loaders, self.device, self.policy,
                                           lambda s: move_to_device(s, self.device), self.run_cfg.val_max_batches)
         names = list(parts)
         sums = torch.tensor([[parts[n][0], parts[n][1]] for n in names], dtype=torch.float64, device=self.device)

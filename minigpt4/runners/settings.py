@@ -1,41 +1,12 @@
-"""Run settings the runner derives or checks: precision and autocast, the output root, invalid combinations."""
+"""Run settings the runner derives or checks: the output root and invalid combinations.
+
+Precision (autocast dtype, GradScaler) is :mod:`minigpt4.common.precision`'s.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager
-
-import torch
-
-from minigpt4.common.logger import get_logger
-
-logger = get_logger(__name__)
-
-
-def resolve_precision(run_cfg: Any, device: torch.device) -> str:
-    """``run.precision`` with ``auto`` resolved: bf16 on CUDA with bf16, fp16 on other CUDA, fp32 on CPU.
-
-    ``run.amp: False`` means fp32 (upstream's switch for mixed precision).
-    """
-    requested = str(run_cfg.precision)
-    if not run_cfg.amp:
-        if requested not in ("auto", "fp32"):
-            logger.warning("run.amp is False: training in fp32 (run.precision=%s ignored)", requested)
-        return "fp32"
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], ContextManager[Any]]:
-    """A zero-argument callable giving the autocast context of ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+from typing import Any
 
 
 def output_root(output_dir: str) -> Path:

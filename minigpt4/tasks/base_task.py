@@ -4,9 +4,10 @@ One epoch is ``iters_per_epoch`` iterations. Each iteration:
 
 1. takes the next batch from the (mixing) loader and moves its tensors to the device;
 2. sets the learning rate for ``(epoch, iteration)`` *before* the step (upstream's order);
-3. runs ``model(samples)["loss"]`` under autocast (bf16 / fp16, or none for fp32);
+3. runs ``model(samples)["loss"]`` under the run's precision policy (bf16 / fp16 autocast, or none for fp32;
+   :mod:`minigpt4.common.precision`);
 4. back-propagates ``loss / accum_grad_iters`` (``run.scale_loss_by_accum: False`` restores upstream's
-   undivided loss), through a GradScaler for fp16; under DDP, gradients are only all-reduced on the last
+   undivided loss), through the policy's GradScaler for fp16; under DDP, gradients are only all-reduced on the last
    micro-batch of an accumulation window (``no_sync``);
 5. after every ``accum_grad_iters`` iterations (and at the last iteration of an epoch, so no gradient is carried
    into the next epoch): optional clipping to ``max_grad_norm``, optimizer step, ``zero_grad``.
@@ -21,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from minigpt4.common.dist_utils import all_reduce_tensor
+from minigpt4.common.dist_utils import all_reduce_tensor, current_device
 from minigpt4.common.logger import get_logger
+from minigpt4.common.precision import PrecisionPolicy, configure_model_precision
 from minigpt4.common.registry import registry
 
 logger = get_logger(__name__)
@@ -75,7 +77,7 @@ class LoopContext:
     lr_scheduler: Any
     data_loader: Iterator[Dict[str, Any]]
     device: torch.device
-    autocast: Callable[[], ContextManager[Any]]
+    precision: PrecisionPolicy  # autocast of the forward; ``scaler`` must exist exactly when it says fp16
     iters_per_epoch: int
     accum_grad_iters: int = 1
     scale_loss_by_accum: bool = True
@@ -86,6 +88,11 @@ class LoopContext:
     prepare: Callable[[Any], Any] = lambda samples: samples
     on_iteration: Callable[[IterationInfo], None] = lambda info: None
     counters: LoopCounters = field(default_factory=LoopCounters)
+
+    def __post_init__(self) -> None:
+        if (self.scaler is not None) != self.precision.uses_grad_scaler:
+            given = "given" if self.scaler is not None else "not given"
+            raise ValueError(f"precision {self.precision} but a GradScaler was {given}: use precision.grad_scaler()")
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> List[torch.Tensor]:
@@ -117,8 +124,10 @@ class BaseTask:
 
     # ---------------------------------------------------------------------------- building
     def build_model(self, cfg: Any) -> nn.Module:
-        """``registry.get_model_class(model.arch).from_config(model)``."""
+        """``registry.get_model_class(model.arch).from_config(model)``, frozen weights stored as the run's
+        precision policy says (``model.llm_precision`` / ``vit_precision`` rewritten, see common/precision)."""
         self.cfg = cfg
+        configure_model_precision(cfg, current_device(cfg.run))
         model_cls = registry.get_model_class(cfg.model.arch)
         return model_cls.from_config(cfg.model)
 
@@ -211,7 +220,7 @@ class BaseTask:
             defer_sync = ctx.distributed and not closes and no_sync is not None
             sync_ctx = no_sync() if defer_sync else contextlib.nullcontext()
             with sync_ctx:
-                with ctx.autocast():
+                with ctx.precision.autocast():
                     loss = self.train_step(ctx.model, samples)
                 self.backward(loss, ctx)
             value = float(loss.detach().float().item())
@@ -230,7 +239,7 @@ class BaseTask:
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, loaders: Dict[str, Any], device: torch.device,
-                        autocast: Callable[[], ContextManager[Any]], prepare: Callable[[Any], Any],
+                        precision: PrecisionPolicy, prepare: Callable[[Any], Any],
                         max_batches: Optional[int] = None) -> Dict[str, Tuple[float, int]]:
         """Per dataset: ``(sum of per-batch loss x batch size, samples)`` on this rank (the runner reduces)."""
         was_training = model.training
@@ -242,7 +251,7 @@ class BaseTask:
                 if max_batches is not None and b >= max_batches:
                     break
                 samples = prepare(batch)
-                with autocast():
+                with precision.autocast():
                     loss = self.valid_step(model, samples)
                 n = batch_size_of(samples)
                 value = float(loss.float().item())
