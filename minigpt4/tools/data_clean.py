@@ -50,44 +50,55 @@ from minigpt4.tools.data_common import AnnFile, format_table, is_prompt_section,
 
 MIN_KEPT_WORDS = 2
 
-_ADVERBS = (r"(?:really|fully|accurately|reliably|definitively|definitely|precisely|exactly|confidently|truly|"
-            r"actually|always|easily|objectively|properly|correctly|simply|just|necessarily|possibly|entirely)")
+#: adverbs allowed between an inability and its verb ("can't *completely* rule", "not able to *accurately* measure")
+_ADVERBS = r"(?:\w+ly|just|always|even|quite|at all|for sure)"
 #: verbs of judging or answering that an inability must govern for a clause to be a disclaimer
 _JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|judge|say|ascertain|confirm|"
           r"classify|categori[sz]e|recogni[sz]e|estimate|measure|evaluate|assign|conclude|label|diagnose|gauge|"
           r"discern|deduce|provide|offer|give|share|comment|discuss|answer|comply|fulfill?|assist|verify|check|"
           r"analy[sz]e|interpret|rate|describe|quantify|pinpoint|establish|predict|specify|"
-          r"help(?: with| you|(?=\s*(?:[.!,;]|$)))|"
+          r"help(?: with| you|(?=\s*(?:[.!,;]|$)))|draw (?:any |such )?conclusions?|"
           r"make (?:any )?(?:assumptions|judg(?:e)?ments|determinations|inferences|guesses|claims|conclusions|"
           r"a (?:determination|judg(?:e)?ment|guess))|"
-          r"be (?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
+          r"be (?:\w+ly )?(?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
           r"do (?:that|this|it|so))\b")
+#: an inability, impropriety or unwillingness of the answerer (or of anyone) to judge
 _NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't be able to|not in a position to|"
-        r"(?:(?:\w*n't|not|never)(?: be)? |im|in)(?:possible|appropriate|feasible|fair|right)(?: for (?:me|anyone|us|one))? to|"
-        r"(?:difficult|hard|challenging|tricky)(?: for (?:me|anyone|us))? to|no (?:\w+ )?way to|"
+        r"(?:(?:\w*n't|not|never)(?: be)? |im|in)(?:possible|appropriate|feasible|fair|right)"
+        r"(?: for (?:me|anyone|us|one))? to|"
+        r"(?:difficult|hard|challenging|tricky|tough|not easy)(?: for (?:me|anyone|us))? to|no (?:\w+ )?way to|"
         r"\bi (?:do not|don't|won't|will not|would not|wouldn't)|(?:one|you|we) (?:should not|shouldn't)|"
         r"not (?:allowed|permitted|authori[sz]ed|designed|programmed|going|willing) to|(?:would|'d) rather not|"
         r"prefer not to|refrain from|decline to)")
 _PARTICIPLE = (r"(?:determined|identified|assessed|known|inferred|judged|measured|ascertained|established|"
                r"deduced|confirmed|classified|estimated|told|assumed|discerned)")
-_LIMIT_ADJ = (r"(?:(?:is|are|would be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:reliable|possible|"
-              r"accurate|appropriate|feasible)|(?:is|are|would be|can be)\s+(?:speculative|impossible|difficult|"
-              r"hard|challenging|unreliable|inaccurate|inappropriate|subjective)")
+#: what a judgement "would be": not reliable, speculative, unfair ...
+_LIMIT_ADJ = (r"(?:(?:is|are|would be|will be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:\w+ly\s+)?"
+              r"(?:reliable|possible|accurate|appropriate|feasible|fair)|(?:is|are|would be|will be|can be|could be|"
+              r"would only be|remains?)\s+(?:\w+ly\s+)?(?:speculative|impossible|difficult|hard|challenging|tough|"
+              r"unreliable|inaccurate|inappropriate|subjective|unfair|presumptuous|misleading|guesswork)")
+#: the act of judging as a subject: "determining X", "any conclusion about X"
+_JUDGING = (r"(?:determining|identifying|assessing|judging|inferring|guessing|assigning|classifying|estimating|"
+            r"measuring|making assumptions|speculating|drawing conclusions|(?:any|such|an?|the|this|that|my) "
+            r"(?:\w+ )?(?:conclusions?|guess(?:es)?|assumptions?|judg(?:e)?ments?|interpretations?|inferences?|"
+            r"assessments?|classifications?|determinations?|identifications?|estimates?|speculation))")
 #: "from an image" in general (not "from this picture"): the mark of a claim about what images can show
 _FROM_IMAGE = (r"(?:\bfrom (?:an? |one |a single )?(?:still |static |single )?(?:image|photo|photograph|picture|face|"
                r"snapshot|frame)s?\b|\bfrom (?:someone's |a person's |their |physical )?(?:appearance|looks)\b|"
                r"\b(?:image|photo|picture|face|appearance) alone\b)")
 _DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
-    r"\b" + _NEG + r"(?:\s+" + _ADVERBS + r")*\s+" + _JUDGE,
+    r"\b" + _NEG + r"(?:\s+" + _ADVERBS + r")*\s+(?:help (?:to )?)?" + _JUDGE,
     r"\b(?:can't|cannot|can not|couldn't|could not|isn't|is not|aren't|are not|won't|will not)\s+(?:be\s+)?"
     r"(?:" + _ADVERBS + r"\s+)*" + _PARTICIPLE + r"\b",
-    r"\b(?:determining|identifying|assessing|judging|inferring|guessing|assigning|classifying|estimating|"
-    r"measuring|making assumptions|speculating)\b[^.;:!?]{0,80}?\b(?:" + _LIMIT_ADJ + r")\b",
+    r"\b" + _JUDGING + r"\b(?:[^.;:!?]{0,80}?\s)?(?:" + _LIMIT_ADJ + r")\b",
+    r"\b(?:it|that|this)(?: would| could| might)? (?:be|is|'s|'d be|seems) (?:\w+ly )?(?:speculative|unfair|"
+    r"presumptuous|misleading|guesswork|irresponsible)\b",
     r"\bi(?:'m| am) (?:not (?:sure|certain)|uncertain)\b",
     r"\b(?:not|n't)\s+(?:provide|give|offer|contain|have|include)\s+(?:enough|sufficient)\s+"
     r"(?:information|detail|details|context|evidence)\b",
     r"\b(?:don't|do not) have the (?:ability|capability|capacity|means)\b",
-    r"\bnot something (?:that )?(?:i|one|we|you|anyone)?\s*(?:'m |am |are |is )?(?:can|could|able|allowed)\b",
+    r"(?:\bnot|n't) something (?:that )?(?:(?:i|we)\b|(?:one|you|anyone)?\s*(?:'m |am |are |is )?"
+    r"(?:can|could|able|allowed)\b)",
     r"\b(?:can't|cannot|can not|unable to|impossible|not possible|no (?:\w+ )?way)\b[^.;:!?]{0,80}?" + _FROM_IMAGE,
 ))
 _APOLOGY = re.compile(r"^(?:i'm sorry|i am sorry|sorry\b|i apologi[sz]e|my apologies|unfortunately,? i\b|"
@@ -97,7 +108,7 @@ _CAVEAT = re.compile(r"\b(?:accurate|accurately|accuracy|reliable|reliably|certa
                      r"definitively|precise|precisely|exact|exactly|estimate|approximation|speculative|speculation|"
                      r"subjective|stereotyp\w*|assumptions?|in-person|in person|dermatologists?|professionals?|"
                      r"qualified|medical|clinical|complex|personal|identity|self-identif\w*|social construct|"
-                     r"sensitive|privacy|private)\b")
+                     r"sensitive|privacy|private|appearance)\b")
 _CAVEAT_OPENER = re.compile(r"^(?:please note|note that|keep in mind|please keep in mind|bear in mind|please bear "
                             r"in mind|it's (?:important|worth) (?:to )?(?:note|noting|remember)|it is (?:important|"
                             r"worth) (?:to )?(?:note|noting|remember)|remember that|please remember|please be aware)")
