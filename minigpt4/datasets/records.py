@@ -5,6 +5,10 @@ layout a :class:`~minigpt4.datasets.schemas.FieldMap` describes (e.g. flat ``ima
 ``answer``). :func:`parse_record` turns one into a compact :class:`Record` or raises :class:`RecordError` with
 the reason; :func:`read_records` streams a whole file (JSON list, or section dict) and applies the
 ``on_error`` policy; :class:`DataFormatError` reports every problem with file, index and reason.
+
+Build-time checks shared by the builders and ``facegpt-data validate``: :func:`images_outside_root` (image paths
+that land outside the image root) and :func:`exact_duplicates` (a record with the same image and the same turns
+as an earlier one).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from minigpt4.common.logger import get_logger
+from minigpt4.processors.image_io import ImagePathError, image_path_in_root
 
 logger = get_logger(__name__)
 
@@ -166,6 +171,77 @@ def dedupe_by_image(records: List[Record]) -> Tuple[List[Record], int]:
             seen.add(key)
             kept.append(rec)
     return kept, len(records) - len(kept)
+
+
+def duplicate_key(rec: Record) -> Tuple[str, Tuple[str, ...], Tuple[str, ...]]:
+    """What makes two records exact duplicates: the image (after ``normpath``) and every question and answer
+    (questions with ``<image>`` removed, so its position does not matter). ``id`` and section are not compared."""
+    return os.path.normpath(rec.image), rec.questions, rec.answers
+
+
+def exact_duplicates(records: Iterable[Record]) -> List[Tuple[Record, Record]]:
+    """``(duplicate, first copy)`` for every record equal (:func:`duplicate_key`) to an earlier one."""
+    first: Dict[Tuple[str, Tuple[str, ...], Tuple[str, ...]], Record] = {}
+    out: List[Tuple[Record, Record]] = []
+    for rec in records:
+        key = duplicate_key(rec)
+        if key in first:
+            out.append((rec, first[key]))
+        else:
+            first[key] = rec
+    return out
+
+
+def where(rec: Record) -> str:
+    """``file[section] record #index`` of a record, for messages."""
+    section = f"[{rec.section!r}]" if rec.section else ""
+    return f"{rec.source}{section} record #{rec.index}"
+
+
+def log_exact_duplicates(records: List[Record], what: str) -> Dict[str, int]:
+    """Count exact duplicates per file and log each file's count with the first example; returns the counts."""
+    per_file: Dict[str, List[Tuple[Record, Record]]] = {}
+    for dup, orig in exact_duplicates(records):
+        per_file.setdefault(dup.source, []).append((dup, orig))
+    for source, pairs in per_file.items():
+        dup, orig = pairs[0]
+        logger.warning("%s: %s holds %d exact duplicate record(s) (same image and turns as an earlier record; "
+                       "duplicate_images: keep_all trains every copy), first: %s repeats %s. Remove them with "
+                       "facegpt-data clean, or set duplicate_images: one_per_image", what, source, len(pairs),
+                       where(dup), where(orig))
+    return {source: len(pairs) for source, pairs in per_file.items()}
+
+
+def images_outside_root(records: Iterable[Record], root: str) -> List[Tuple[Record, str]]:
+    """``(record, reason)`` for every record whose image path lands outside ``root`` (nothing is opened)."""
+    out: List[Tuple[Record, str]] = []
+    for rec in records:
+        try:
+            image_path_in_root(root, rec.image)
+        except ImagePathError as err:
+            out.append((rec, str(err)))
+    return out
+
+
+def check_image_paths(records: List[Record], root: str, strict: bool, what: str) -> int:
+    """Log (or with ``strict`` raise :class:`ImagePathError` for) records whose image lands outside ``root``.
+
+    They stay in the data set: at train time they are skipped and counted like a missing image, never opened.
+    Returns how many there are.
+    """
+    bad = images_outside_root(records, root)
+    if not bad:
+        return 0
+    examples = "; ".join(f"{where(rec)}: {rec.image!r}" for rec, _ in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    if strict:
+        raise ImagePathError(f"{what}: {len(bad)} record(s) name an image outside the image root {root} "
+                             f"(strict_images is on): {examples}{more}. Fix: make image paths relative to "
+                             "build_info.image_path (symlink outside folders into it), or set strict_images: false "
+                             "to skip these records")
+    logger.warning("%s: %d record(s) name an image outside the image root %s; they are skipped and counted like "
+                   "missing images, never opened: %s%s", what, len(bad), root, examples, more)
+    return len(bad)
 
 
 def normalise_section(name: str) -> str:

@@ -13,6 +13,10 @@ of the full decode (measured: 0.008 / 0.59 at 224, 0.005 / 0.17 at 448; one 8-bi
 maximum sits on isolated hard edges) while running 2.6× faster at 224 and 1.75× at 448 in one DataLoader worker.
 ``fast_decode: False`` gives upstream's exact pipeline.
 
+Transparency (``alpha``, only when given a path): ``white`` (default) composites RGBA / LA / transparent-palette
+images on white; ``upstream`` is upstream's ``convert("RGB")``, which drops the alpha channel and keeps whatever
+colour the transparent pixels store — the released MiniGPT-4 / MiniGPT-v2 checkpoints were trained that way.
+
 ``blip_caption`` keeps upstream's ``pre_caption`` exactly: lowercase; each of ``.!"()*#:;~`` becomes a space;
 runs of whitespace collapse to one space; trailing newline and outer spaces stripped; at most ``max_words``
 space-separated words (default 50); ``prompt`` is prepended.
@@ -32,8 +36,8 @@ from torchvision.transforms import InterpolationMode
 
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import ProcessorConfig, registry_field
-from minigpt4.processors.base_processor import BaseProcessor
-from minigpt4.processors.image_io import open_image
+from minigpt4.processors.base_processor import BaseProcessor, ProcessorConfigError
+from minigpt4.processors.image_io import check_alpha, open_image
 
 #: CLIP normalisation statistics (upstream's defaults).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,6 +55,7 @@ class BlipImageConfig(ProcessorConfig):
     min_scale: float = 0.5  # upstream key, unused since upstream dropped RandomResizedCrop
     max_scale: float = 1.0  # upstream key, unused
     fast_decode: bool = True  # FaceGPT: reduced-size JPEG decoding when given a path
+    alpha: str = "white"  # transparency: white (composite on white) | upstream (PIL convert("RGB"))
 
 
 @dataclass
@@ -68,7 +73,11 @@ class BlipImageBaseProcessor(BaseProcessor):
     config_schema = BlipImageConfig
 
     def __init__(self, image_size: int = 224, mean: Any = None, std: Any = None, min_scale: float = 0.5,
-                 max_scale: float = 1.0, fast_decode: bool = True) -> None:
+                 max_scale: float = 1.0, fast_decode: bool = True, alpha: str = "white") -> None:
+        try:
+            self.alpha = check_alpha(alpha)
+        except ValueError as err:
+            raise ProcessorConfigError(f"{type(self).__name__}: {err}") from None
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in (mean if mean is not None else CLIP_MEAN))
         self.std = tuple(float(s) for s in (std if std is not None else CLIP_STD))
@@ -81,8 +90,8 @@ class BlipImageBaseProcessor(BaseProcessor):
         ])
 
     def open(self, path: "str | os.PathLike[str]") -> Image.Image:
-        """Open ``path`` as RGB, decoding a large JPEG at reduced size when ``fast_decode`` is on."""
-        return open_image(path, target_size=self.image_size, fast_decode=self.fast_decode)
+        """Open ``path`` as RGB (transparency per ``alpha``), a large JPEG at reduced size with ``fast_decode``."""
+        return open_image(path, target_size=self.image_size, fast_decode=self.fast_decode, alpha=self.alpha)
 
     def __call__(self, item: "Image.Image | str | os.PathLike[str]") -> torch.Tensor:
         """PIL image (or path) → float tensor ``[3, S, S]``."""
@@ -97,10 +106,11 @@ class BlipImageBaseProcessor(BaseProcessor):
     def from_config(cls, cfg: Any = None) -> "BlipImageBaseProcessor":
         c = cls.typed_config(cfg)
         return cls(image_size=c.image_size, mean=list(c.mean), std=list(c.std), min_scale=c.min_scale,
-                   max_scale=c.max_scale, fast_decode=c.fast_decode)
+                   max_scale=c.max_scale, fast_decode=c.fast_decode, alpha=c.alpha)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(image_size={self.image_size}, fast_decode={self.fast_decode})"
+        name = type(self).__name__
+        return f"{name}(image_size={self.image_size}, fast_decode={self.fast_decode}, alpha={self.alpha})"
 
 
 @registry.register_processor("blip2_image_train")

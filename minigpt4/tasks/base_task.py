@@ -15,6 +15,11 @@ One epoch is ``iters_per_epoch`` iterations. Each iteration:
 A non-finite loss anywhere in a window (on any rank) skips that window's optimizer step: gradients are zeroed,
 the skip is counted and logged, and ``max_nonfinite_steps`` skipped windows in a row stop the run with
 :class:`NonFiniteLossError`.
+
+A batch whose every image was skipped (missing, undecodable or outside the image root; the collater drops
+skipped records, so batches shrink) is passed over: the iteration still counts (so an epoch never reaches into
+the next pass and every record is used at most once per epoch), it is counted in ``skipped_batches``, and
+``max_empty_batches`` such batches in a row stop the run with :class:`NoReadableImagesError`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import nn
 
 from minigpt4.common.dist_utils import all_reduce_tensor, current_device
+from minigpt4.common.errors import UserError
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import PrecisionPolicy, configure_model_precision
 from minigpt4.common.registry import registry
@@ -37,6 +43,10 @@ logger = get_logger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row were skipped because the loss was NaN or infinite."""
+
+
+class NoReadableImagesError(UserError, RuntimeError):
+    """``max_empty_batches`` batches in a row held no readable image."""
 
 
 @dataclass
@@ -49,6 +59,8 @@ class LoopCounters:
     nonfinite_steps: int = 0
     nonfinite_in_a_row: int = 0
     scaler_skipped_steps: int = 0
+    skipped_batches: int = 0  # iterations whose batch was empty (every image skipped) on some rank
+    empty_in_a_row: int = 0
 
     def as_dict(self) -> Dict[str, int]:
         return dict(self.__dict__)
@@ -83,6 +95,7 @@ class LoopContext:
     scale_loss_by_accum: bool = True
     max_grad_norm: Optional[float] = None
     max_nonfinite_steps: int = 20
+    max_empty_batches: int = 200  # this many empty batches in a row: no image is readable, stop with a message
     scaler: Optional[Any] = None
     distributed: bool = False
     prepare: Callable[[Any], Any] = lambda samples: samples
@@ -208,7 +221,7 @@ class BaseTask:
         """Iterations ``start_step .. iters_per_epoch - 1`` of ``epoch``; returns the epoch's mean loss and lr."""
         ctx.model.train()
         accum = max(1, int(ctx.accum_grad_iters))
-        window_nonfinite = False
+        window_nonfinite, window_backwards = False, 0
         loss_sum, loss_n, lr = 0.0, 0, 0.0
         for i in range(start_step, ctx.iters_per_epoch):
             samples = ctx.prepare(next(ctx.data_loader))
@@ -216,26 +229,63 @@ class BaseTask:
                 samples.update({"epoch": epoch, "num_iters_per_epoch": ctx.iters_per_epoch, "iters": i})
             lr = ctx.lr_scheduler.step(cur_epoch=epoch, cur_step=i)
             closes = (i + 1) % accum == 0 or i + 1 == ctx.iters_per_epoch
-            no_sync = getattr(ctx.model, "no_sync", None)
-            defer_sync = ctx.distributed and not closes and no_sync is not None
-            sync_ctx = no_sync() if defer_sync else contextlib.nullcontext()
-            with sync_ctx:
-                with ctx.precision.autocast():
-                    loss = self.train_step(ctx.model, samples)
-                self.backward(loss, ctx)
-            value = float(loss.detach().float().item())
-            window_nonfinite |= not math.isfinite(value)
-            info = IterationInfo(epoch, i + 1, value, lr, batch_size_of(samples), closes)
+            where = f"epoch {epoch} iteration {i}"
+            empty = self.batch_is_empty(ctx, samples, where)
+            value = math.nan if empty else self._forward_backward(ctx, samples, closes)
+            window_nonfinite |= not empty and not math.isfinite(value)
+            window_backwards += not empty
+            info = IterationInfo(epoch, i + 1, value, lr, 0 if empty else batch_size_of(samples), closes)
             if closes:
-                info.grad_norm, info.step_skipped = self.optimizer_step(ctx, window_nonfinite,
-                                                                        f"epoch {epoch} iteration {i}")
-                window_nonfinite = False
+                if window_backwards and not (empty and ctx.distributed):
+                    info.grad_norm, info.step_skipped = self.optimizer_step(ctx, window_nonfinite, where)
+                elif window_backwards:  # DDP deferred this window's gradient sync to the (empty) last batch
+                    ctx.optimizer.zero_grad(set_to_none=True)
+                    logger.warning("%s: the accumulation window ended on an empty batch; its %d micro-batch(es) "
+                                   "are dropped (their gradients were never synchronised across ranks)", where,
+                                   window_backwards)
+                window_nonfinite, window_backwards = False, 0
             if math.isfinite(value):
                 loss_sum, loss_n = loss_sum + value, loss_n + 1
             ctx.counters.samples_seen += info.batch_size
             ctx.counters.skipped_images += skipped_count(samples)
             ctx.on_iteration(info)
         return {"loss": loss_sum / loss_n if loss_n else float("nan"), "lr": lr}
+
+    def _forward_backward(self, ctx: LoopContext, samples: Any, closes: bool) -> float:
+        """Forward and backward of one micro-batch (DDP gradient sync deferred inside a window); its loss."""
+        no_sync = getattr(ctx.model, "no_sync", None)
+        defer_sync = ctx.distributed and not closes and no_sync is not None
+        sync_ctx = no_sync() if defer_sync else contextlib.nullcontext()
+        with sync_ctx:
+            with ctx.precision.autocast():
+                loss = self.train_step(ctx.model, samples)
+            self.backward(loss, ctx)
+        return float(loss.detach().float().item())
+
+    def batch_is_empty(self, ctx: LoopContext, samples: Any, where: str) -> bool:
+        """Whether this iteration is passed over because a batch holds no sample (every image was skipped).
+
+        Under DDP the ranks agree (one all-reduce): when any rank's batch is empty, every rank passes over the
+        iteration, so all ranks run the same forward/backward calls and keep the same loader positions.
+        """
+        empty = batch_size_of(samples) == 0
+        if ctx.distributed:
+            flag = torch.tensor([1.0 if empty else 0.0], device=ctx.device)
+            empty = bool(all_reduce_tensor(flag, "max").item() > 0)
+        if not empty:
+            ctx.counters.empty_in_a_row = 0
+            return False
+        ctx.counters.skipped_batches += 1
+        ctx.counters.empty_in_a_row += 1
+        if math.log10(ctx.counters.skipped_batches).is_integer():  # 1st, 10th, 100th, ...
+            logger.warning("%s: every image of the batch was skipped (missing, undecodable or outside the image "
+                           "root); iteration passed over (%d such batch(es) so far)", where,
+                           ctx.counters.skipped_batches)
+        if ctx.counters.empty_in_a_row >= ctx.max_empty_batches:
+            raise NoReadableImagesError(
+                f"{ctx.counters.empty_in_a_row} batches in a row had no readable image (last at {where}); stopping. "
+                "Check datasets.<name>.build_info.image_path and the images (facegpt-data validate --root DIR).")
+        return True
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, loaders: Dict[str, Any], device: torch.device,
@@ -251,6 +301,8 @@ class BaseTask:
                 if max_batches is not None and b >= max_batches:
                     break
                 samples = prepare(batch)
+                if batch_size_of(samples) == 0:  # every image of the batch was skipped
+                    continue
                 with precision.autocast():
                     loss = self.valid_step(model, samples)
                 n = batch_size_of(samples)

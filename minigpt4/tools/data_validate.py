@@ -1,75 +1,146 @@
 """``facegpt-data validate`` and ``split``.
 
-``validate`` runs every build-time check of the face builders over a data root (JSON syntax with line/column,
-record shape with file/index/reason, duplicate section names after trimming, section values that are not lists)
-and the train-time image check (missing, and with ``--decode`` undecodable). ``split`` writes a by-image
-train/val split of one or more files, jointly, so an image never lands on both sides even across files.
+``validate`` runs every build-time check of the face builders over a data root and reports, per file, with
+counts and record locations (``file[section] record #index``):
+
+* **file errors**: JSON syntax (line/column), a truncated file, a top level of the wrong shape, a section that is
+  not a list of records, duplicate section names after trimming;
+* **malformed records**: a record without ``image``, a conversation that starts with the assistant or does not
+  alternate, empty or non-string turns, several ``<image>`` tokens, ... (the reasons the builders give);
+* **image paths outside the image root**: absolute paths elsewhere and ``..`` climbing out (checked lexically, as
+  the datasets do; such files are never opened);
+* **missing images** (and, with ``--decode``, undecodable ones), with the first record that names each;
+* **exact duplicates** (notes, not problems: ``duplicate_images: keep_all`` trains every copy): records with the
+  same image and the same turns as an earlier record of the same file.
+
+``split`` writes a by-image train/val split of one or more files, jointly, so an image never lands on both sides
+even across files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
-from minigpt4.datasets.json_stream import JsonStreamError, iter_sections
-from minigpt4.datasets.records import RecordError, parse_record
+from minigpt4.datasets.json_stream import JsonStreamError, iter_array, iter_sections
+from minigpt4.datasets.records import (
+    Record,
+    RecordError,
+    exact_duplicates,
+    images_outside_root,
+    normalise_section,
+    parse_record,
+    where,
+)
 from minigpt4.datasets.schemas import FieldMap
 from minigpt4.datasets.splits import image_key, val_images
-from minigpt4.processors.image_io import ImageOpenError, open_image
+from minigpt4.processors.image_io import ImageOpenError, image_path_in_root, open_image
 from minigpt4.tools.data_clean import open_sections_until, raw_section_keys, SectionWriter
 from minigpt4.tools.data_common import AnnFile, is_prompt_section, iter_file, progress, sections_of
 
+#: Locations listed per kind of finding; the counts are always complete.
+MAX_LISTED = 20
+COUNT_KEYS = ("file_errors", "malformed_records", "outside_root", "missing_images", "undecodable_images",
+              "exact_duplicates")
 
-def _check_sections(ann: AnnFile, problems: List[str]) -> None:
-    seen: Dict[str, int] = {}
+
+def _entries(ann: AnnFile, problems: List[str]) -> Iterator[Tuple[str, int, Any]]:
+    """``(section, index, raw)`` of every record; a section that is not a list, or a repeated name, is a problem
+    and the walk goes on with the next section."""
+    if ann.kind == "array":
+        for index, raw in iter_array(ann.path):
+            yield "", index, raw
+        return
+    seen: Dict[str, str] = {}
     for key, items in iter_sections(ann.path):
-        if key.strip() in seen:
-            problems.append(f"{ann.path}: sections {key!r} and another have the same name after trimming")
-        seen[key.strip()] = 1
+        name = normalise_section(key)
+        if name in seen:
+            problems.append(f"{ann.path}: sections {seen[name]!r} and {key!r} have the same name after trimming")
+        seen[name] = key
         if not hasattr(items, "__next__"):
             problems.append(f"{ann.path}: section {key!r} is {type(items).__name__}, expected a list of records")
+            continue
+        for index, raw in items:
+            yield name, index, raw
 
 
-def validate_file(ann: AnnFile, decode: bool = False, require_image_token: bool = False) -> Dict[str, Any]:
-    """Problems (strings) and notes of one file."""
-    problems: List[str] = []
-    notes: List[str] = []
-    images: Set[str] = set()
-    fmap, records, no_token = FieldMap(), 0, 0
-    per_section: Dict[str, int] = {}
+def _parse(ann: AnnFile, require_image_token: bool, report: Dict[str, Any]) -> List[Record]:
+    """Well-formed records of one file; file errors and malformed records go into ``report``."""
+    fmap, records = FieldMap(), []
+    file_problems: List[str] = []
     try:
-        if ann.kind == "object":
-            _check_sections(ann, problems)
-        for section, index, raw in progress(iter_file(ann), f"validate {ann.label}"):
+        for section, index, raw in progress(_entries(ann, file_problems), f"validate {ann.label}"):
             if is_prompt_section(section):
                 continue
-            records += 1
-            per_section[section] = per_section.get(section, 0) + 1
+            report["records"] += 1
+            report["per_section"][section] = report["per_section"].get(section, 0) + 1
             try:
-                rec = parse_record(raw, fmap, ann.path, index, section, require_image_token)
+                records.append(parse_record(raw, fmap, ann.path, index, section, require_image_token))
             except RecordError as err:
-                problems.append(str(err))
-                continue
-            no_token += not rec.has_image_token
-            images.add(rec.image)
+                report["malformed"].append(str(err))
     except (JsonStreamError, ValueError) as err:
-        problems.append(str(err))
-    if ann.kind == "object" and not problems:
-        empty = [s for s in sections_of(ann) if not is_prompt_section(s) and not per_section.get(s)]
-        notes += [f"{ann.path}: empty section(s): {empty}"] if empty else []
-    if no_token:
-        notes.append(f"{ann.path}: {no_token} record(s) without an '<image>' token (the image goes first)")
-    for rel in progress(sorted(images), f"images of {ann.label}"):
-        path = os.path.join(ann.image_root, rel)
+        file_problems.append(str(err))
+    report["file_errors"] = file_problems
+    return records
+
+
+def _check_images(ann: AnnFile, records: List[Record], decode: bool, report: Dict[str, Any]) -> None:
+    """Outside-root paths (per record, never opened), then missing / undecodable files (per image)."""
+    outside = images_outside_root(records, ann.image_root)
+    report["outside"] = [f"{where(rec)}: {reason}" for rec, reason in outside]
+    refused = {id(rec) for rec, _ in outside}
+    first: Dict[str, Record] = {}
+    uses: Dict[str, int] = {}
+    for rec in records:
+        if id(rec) not in refused:
+            key = os.path.normpath(rec.image)
+            first.setdefault(key, rec)
+            uses[key] = uses.get(key, 0) + 1
+    report["images"] = len(first)
+    for key in progress(sorted(first), f"images of {ann.label}"):
+        rec = first[key]
+        path = image_path_in_root(ann.image_root, rec.image)
+        used = f" ({uses[key]} records use it)" if uses[key] > 1 else ""
         if not os.path.isfile(path):
-            problems.append(f"{ann.path}: image not found: {path}")
+            report["missing"].append(f"{where(rec)}: image not found: {path}{used}")
         elif decode:
             try:
                 open_image(path, target_size=32)
             except ImageOpenError as err:
-                problems.append(f"{ann.path}: {err}")
-    return {"path": ann.path, "records": records, "images": len(images), "problems": problems, "notes": notes}
+                report["undecodable"].append(f"{where(rec)}: {err}{used}")
+
+
+def _listed(lines: List[str]) -> List[str]:
+    more = [f"... and {len(lines) - MAX_LISTED} more"] if len(lines) > MAX_LISTED else []
+    return lines[:MAX_LISTED] + more
+
+
+def validate_file(ann: AnnFile, decode: bool = False, require_image_token: bool = False) -> Dict[str, Any]:
+    """Problems (strings), notes and per-kind ``counts`` of one file (see the module docstring)."""
+    report: Dict[str, Any] = {"records": 0, "images": 0, "per_section": {}, "malformed": [], "outside": [],
+                              "missing": [], "undecodable": []}
+    records = _parse(ann, require_image_token, report)
+    _check_images(ann, records, decode, report)
+    duplicates = [f"{where(dup)} repeats {where(orig)} (same image and turns)"
+                  for dup, orig in exact_duplicates(records)]
+    counts = dict(zip(COUNT_KEYS, (len(report["file_errors"]), len(report["malformed"]), len(report["outside"]),
+                                   len(report["missing"]), len(report["undecodable"]), len(duplicates))))
+    problems = report["file_errors"] + [line for kind in ("malformed", "outside", "missing", "undecodable")
+                                        for line in report[kind]]
+    notes = [f"{ann.path}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())]
+    if duplicates:
+        notes.append(f"{ann.path}: {len(duplicates)} exact duplicate record(s) (duplicate_images: keep_all trains "
+                     "every copy; facegpt-data clean drops them)")
+        notes += _listed(duplicates)
+    if ann.kind == "object" and not problems:
+        empty = [s for s in sections_of(ann) if not is_prompt_section(s) and not report["per_section"].get(s)]
+        notes += [f"{ann.path}: empty section(s): {empty}"] if empty else []
+    no_token = sum(not r.has_image_token for r in records)
+    if no_token:
+        notes.append(f"{ann.path}: {no_token} record(s) without an '<image>' token (the image goes first)")
+    return {"path": ann.path, "records": report["records"], "images": report["images"], "problems": problems,
+            "notes": notes, "counts": counts, "duplicates": duplicates}
 
 
 # --------------------------------------------------------------------------------------- split

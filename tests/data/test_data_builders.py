@@ -122,12 +122,18 @@ def test_missing_image_is_skipped_counted_and_logged_once(data_root, caplog) -> 
     (data_root["share_images"] / "sam/images/sa_000003.jpg").write_bytes(b"not an image")
     ds = build("sharegpt_face", share_cfg(data_root))["train"]
     with caplog.at_level(logging.WARNING, logger="facegpt"):
-        item = ds[1]
-        again = ds[1]
-    assert item["skipped"] == 2 and item["image_id"] == "4", "records 1 and 2 skipped, record 3 used"
-    assert again["skipped"] == 2
+        items = [ds[i] for i in range(len(ds))]
+        again = ds[2]
+    assert [type(it).__name__ for it in items] == ["dict", "SkippedSample", "SkippedSample", "dict"]
+    assert items[1].index == 1 and "image file not found" in items[1].reason
+    assert again.index == 2 and "cannot decode" in again.reason, "a skipped record is not replaced by its neighbour"
     for name in ("sa_000002.jpg", "sa_000003.jpg"):
-        assert len([r for r in caplog.records if name in r.getMessage()]) == 1, "each bad path is logged once"
+        lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert len(lines) == 1, "each bad path is logged once"
+        assert "sharegpt_good.json record #" in lines[0], "the log names the file and the record"
+    batch = ds.collater(items)
+    assert batch["image_id"] == ["1", "4"] and batch["image"].shape[0] == 2 and batch["skipped"] == 2
+    assert ds.collater(items[1:3]) == {"skipped": 2}, "an all-skipped batch is empty"
     strict = build("sharegpt_face", share_cfg(data_root, strict_images=True))["train"]
     with pytest.raises(ImageOpenError, match=r"record #1: image file not found: .*sa_000002.jpg.*strict_images"):
         strict[1]

@@ -158,3 +158,32 @@ def test_face_text_keeps_instructions_and_counts_cuts() -> None:
     assert cut(long) == " ".join(["word"] * 5) and cut.truncated == 1
     with pytest.raises(ValueError, match="max_words"):
         FaceTextProcessor(max_words=0)
+
+
+def _rgba_with_hidden_colour(path) -> "Path":
+    """A PNG whose transparent pixels store a colour (what convert('RGB') reveals) plus a half-transparent one."""
+    rgba = Image.new("RGBA", (8, 8), (20, 40, 60, 0))
+    rgba.putpixel((1, 1), (200, 100, 50, 128))
+    rgba.putpixel((2, 2), (0, 255, 0, 255))
+    rgba.save(path, format="PNG")
+    return path
+
+
+@pytest.mark.parametrize("alpha", ["white", "upstream"])
+def test_alpha_option_white_or_upstream_convert(tmp_path, alpha: str) -> None:
+    path = _rgba_with_hidden_colour(tmp_path / "a.png")
+    proc = Blip2ImageTrainProcessor.from_config({"name": "blip2_image_train", "image_size": 8, "alpha": alpha})
+    pixels = np.asarray(proc.open(path))
+    assert pixels[2, 2].tolist() == [0, 255, 0], "opaque pixels are the same either way"
+    with Image.open(path) as img:
+        upstream = img.convert("RGB")  # upstream's call
+    if alpha == "upstream":
+        assert np.array_equal(pixels, np.asarray(upstream)) and pixels[0, 0].tolist() == [20, 40, 60]
+        assert torch.equal(proc(path), proc.transform(upstream)), "the tensor is upstream's pipeline exactly"
+    else:
+        assert pixels[0, 0].tolist() == [255, 255, 255]
+        over_white = [c * 128 / 255 + 255 * (1 - 128 / 255) for c in (200, 100, 50)]  # alpha 128 over white
+        assert np.abs(pixels[1, 1] - np.array(over_white)).max() <= 1.0
+        assert not torch.equal(proc(path), proc.transform(upstream))
+    with pytest.raises(ProcessorConfigError, match=r"alpha='black' is not one of \['white', 'upstream'\]"):
+        Blip2ImageTrainProcessor.from_config({"alpha": "black"})

@@ -1,8 +1,10 @@
 """Registered image-text builders: ``sharegpt_face``, ``facegpt4vision`` and upstream's ``cc_sbu_align``.
 
 The two face builders share :class:`ConversationBuilder`: read records (one generic reader, a field map for
-other layouts) → apply ``on_error`` → ``duplicate_images`` policy → optional split by image → datasets. The
-names of the team's earlier fork (``sharegpt_detail``, ``gpt4visionface_detail``) are aliases.
+other layouts) → apply ``on_error`` → image paths checked against the image root (outside: logged, skipped at
+train time; an error with ``strict_images``) → ``duplicate_images`` policy (with ``keep_all``, exact duplicate
+records are counted and logged per file) → optional split by image → datasets. The names of the team's earlier
+fork (``sharegpt_detail``, ``gpt4visionface_detail``) are aliases.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from minigpt4.datasets.datasets.chatgpt4vision_datasets import (
     scan_sections,
 )
 from minigpt4.datasets.datasets.sharegpt_dataset import ShareGPTFaceDataset, read_sharegpt_files
-from minigpt4.datasets.records import Record, apply_error_policy, dedupe_by_image, normalise_section
+from minigpt4.datasets.records import (
+    Record,
+    apply_error_policy,
+    check_image_paths,
+    dedupe_by_image,
+    log_exact_duplicates,
+    normalise_section,
+)
 from minigpt4.datasets.schemas import CCSBUAlignConfig, FaceGPT4VisionConfig, ShareGPTFaceConfig
 from minigpt4.datasets.splits import apply_section_weights, split_by_image
 
@@ -62,9 +71,12 @@ class ConversationBuilder(BaseDatasetBuilder):
         cfg = self.config
         vis_root = _existing_dir(cfg.build_info.image_path, f"datasets.{self.NAME}.build_info.image_path")
         records = self.read_records()
+        check_image_paths(records, vis_root, bool(cfg.strict_images), self.NAME)
         if cfg.duplicate_images == "one_per_image":
             records, dropped = dedupe_by_image(records)
             logger.info("%s: duplicate_images=one_per_image dropped %d record(s)", self.NAME, dropped)
+        else:
+            log_exact_duplicates(records, self.NAME)
         splits = {"train": records}
         if cfg.split.val_fraction > 0:
             splits["train"], splits["val"] = split_by_image(records, cfg.split.val_fraction, cfg.split.seed,

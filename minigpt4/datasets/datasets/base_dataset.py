@@ -1,11 +1,13 @@
 """Dataset bases: upstream's ``BaseDataset`` shape plus the skip-bad-images logic every FaceGPT dataset uses.
 
 :class:`BaseDataset` holds ``annotation`` (a list), the processors, ``vis_root``, ``name``, ``sample_ratio``
-and ``collater``. Subclasses say where an item's image is (:meth:`image_path`) and how an item is made
-(:meth:`make_item`). ``__getitem__`` opens the image; when it is missing or undecodable it moves on to the next
-record (index + 1, wrapping) and tells the caller through the item's ``skipped`` count — that count is how skips
-travel out of DataLoader worker processes; each bad path is logged once per process. With ``strict_images``
-it raises instead.
+and ``collater``. Subclasses say where an item's image is, relative to ``vis_root`` (:meth:`image_rel`), and how
+an item is made (:meth:`make_item`). ``__getitem__`` resolves the image inside ``vis_root`` (a path that lands
+outside it is refused before any file is opened) and opens it; when it is outside, missing or undecodable the
+record is not replaced by another one: ``__getitem__`` returns a :class:`SkippedSample` marker, which the collater
+drops from the batch and counts in the batch's ``skipped`` — that count is how skips travel out of DataLoader
+worker processes. So every record is used at most once per pass. Each bad path is logged once per process with
+the record's file and index. With ``strict_images`` it raises instead.
 
 :class:`ConversationDataset` is the generic dataset over parsed :class:`~minigpt4.datasets.records.Record`
 lists that ShareGPT_Face and FaceGPT4Vision share.
@@ -16,16 +18,16 @@ from __future__ import annotations
 import abc
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
 
 from minigpt4.common.logger import get_logger, log_once
-from minigpt4.datasets.datasets.collate import collate_samples
+from minigpt4.datasets.datasets.collate import SkippedSample, collate_samples
 from minigpt4.datasets.json_stream import iter_array, iter_sections, top_level_kind
-from minigpt4.datasets.records import Record
-from minigpt4.processors.image_io import ImageOpenError, open_image
+from minigpt4.datasets.records import Record, where
+from minigpt4.processors.image_io import ImageOpenError, image_path_in_root, open_image
 
 logger = get_logger(__name__)
 
@@ -69,8 +71,16 @@ class BaseDataset(Dataset, abc.ABC):
         return collate_samples(samples)
 
     @abc.abstractmethod
+    def image_rel(self, index: int) -> str:
+        """Record ``index``'s image path as written in the data (relative to ``vis_root``)."""
+
     def image_path(self, index: int) -> str:
-        """Full path of record ``index``'s image."""
+        """Full path of record ``index``'s image; :class:`ImagePathError` when it lands outside ``vis_root``."""
+        return image_path_in_root(self.vis_root, self.image_rel(index))
+
+    def describe(self, index: int) -> str:
+        """Where record ``index`` comes from, for messages (subclasses add the file)."""
+        return f"{self.name} record #{index}"
 
     @abc.abstractmethod
     def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
@@ -84,23 +94,21 @@ class BaseDataset(Dataset, abc.ABC):
             return self.vis_processor(self.vis_processor.open(path))
         return self.vis_processor(open_image(path))
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        n = len(self)
-        for step in range(n):
-            i = (index + step) % n
-            path = self.image_path(i)
-            try:
-                image = self.load_image(path)
-            except ImageOpenError as err:
-                if self.strict_images:
-                    raise ImageOpenError(f"{self.name} record #{i}: {err} (strict_images is on)") from err
-                log_once(logger, f"bad-image:{path}", "%s: skipping record #%d: %s", self.name, i, err)
-                continue
-            item = self.make_item(i, image)
-            item["skipped"] = step
-            return item
-        raise ImageOpenError(f"{self.name}: none of the {n} records has a readable image under {self.vis_root!r}; "
-                             "check build_info.image_path")
+    def __getitem__(self, index: int) -> Union[Dict[str, Any], SkippedSample]:
+        """The item of record ``index``, or a :class:`SkippedSample` when its image cannot be used."""
+        try:
+            path = self.image_path(index)  # refused here, before any open, when outside vis_root
+            image = self.load_image(path)
+        except ImageOpenError as err:
+            origin = self.describe(index)
+            if self.strict_images:
+                raise type(err)(f"{origin}: {err} (strict_images is on; set strict_images: false to skip such "
+                                "records)") from None
+            log_once(logger, f"bad-image:{self.image_rel(index)}", "%s: skipping %s: %s", self.name, origin, err)
+            return SkippedSample(self.name, int(index), self.image_rel(index), str(err))
+        item = self.make_item(index, image)
+        item["skipped"] = 0
+        return item
 
 
 def instruction(question: str) -> str:
@@ -137,8 +145,11 @@ class ConversationDataset(BaseDataset):
         self.truncated += getattr(self.text_processor, "truncated", 0) - before
         return rec._replace(questions=questions)
 
-    def image_path(self, index: int) -> str:
-        return os.path.join(self.vis_root, self.annotation[index].image)
+    def image_rel(self, index: int) -> str:
+        return self.annotation[index].image
+
+    def describe(self, index: int) -> str:
+        return where(self.annotation[index])
 
     def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
         rec: Record = self.annotation[index]

@@ -1,13 +1,12 @@
 """Upstream's MiniGPT-4 stage-2 data (``cc_sbu_align``): ``{"annotations": [{"image_id", "caption"}]}``.
 
 Images are ``<vis_root>/<image_id>.jpg``. Items: ``image``, ``answer`` (the raw caption, as upstream),
-``image_id`` (str), ``section`` ("") and ``skipped``. There is no ``instruction_input``: as upstream, the
+``image_id`` (str), ``section`` ("") and ``skipped`` (0). There is no ``instruction_input``: as upstream, the
 MiniGPT-4 model draws one instruction per batch from its ``prompt_path`` prompts.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Sequence
 
 import torch
@@ -36,8 +35,8 @@ class CCSBUAlignDataset(BaseDataset):
                  strict_images: bool = False) -> None:
         super().__init__(vis_processor, text_processor, vis_root, ann_paths, strict_images)
 
-    def image_path(self, index: int) -> str:
-        return os.path.join(self.vis_root, f"{self.annotation[index]['image_id']}.jpg")
+    def image_rel(self, index: int) -> str:
+        return f"{self.annotation[index]['image_id']}.jpg"
 
     def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
         ann = self.annotation[index]
