@@ -53,7 +53,8 @@ MIN_KEPT_WORDS = 2
 #: adverbs allowed between an inability and its verb ("can't *completely* rule", "not able to *accurately* measure")
 _ADVERBS = r"(?:\w+ly|just|always|even|quite|at all|for sure)"
 #: verbs of judging or answering that an inability must govern for a clause to be a disclaimer
-_JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|judge|say|ascertain|confirm|"
+_JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|judge|say(?! (?:no|yes)\b)|"
+          r"ascertain|confirm|"
           r"classify|categori[sz]e|recogni[sz]e|estimate|measure|evaluate|assign|conclude|label|diagnose|gauge|"
           r"discern|deduce|provide|offer|give|share|comment|discuss|answer|comply|fulfill?|assist|verify|check|"
           r"analy[sz]e|interpret|rate|describe|quantify|pinpoint|establish|predict|specify|"
@@ -61,7 +62,7 @@ _JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|
           r"make (?:any )?(?:assumptions|judg(?:e)?ments|determinations|inferences|guesses|claims|conclusions|"
           r"a (?:determination|judg(?:e)?ment|guess))|"
           r"be (?:\w+ly )?(?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
-          r"do (?:that|this|it|so))\b")
+          r"do (?:that|this|it|so)|do(?=\s*(?:[.!,;]|$)))\b")
 #: an inability, impropriety or unwillingness of the answerer (or of anyone) to judge
 _NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't be able to|not in a position to|"
         r"(?:(?:\w*n't|not|never)(?: be)? |im|in)(?:possible|appropriate|feasible|fair|right)"
@@ -69,28 +70,27 @@ _NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't
         r"(?:difficult|hard|challenging|tricky|tough|not easy)(?: for (?:me|anyone|us))? to|no (?:\w+ )?way to|"
         r"\bi (?:do not|don't|won't|will not|would not|wouldn't)|(?:one|you|we) (?:should not|shouldn't)|"
         r"not (?:allowed|permitted|authori[sz]ed|designed|programmed|going|willing) to|(?:would|'d) rather not|"
-        r"prefer not to|refrain from|decline to)")
+        r"prefer not to|refrain from|decline to|not (?:qualified|equipped) to)")
 _PARTICIPLE = (r"(?:determined|identified|assessed|known|inferred|judged|measured|ascertained|established|"
                r"deduced|confirmed|classified|estimated|told|assumed|discerned)")
 #: what a judgement "would be": not reliable, speculative, unfair ...
 _LIMIT_ADJ = (r"(?:(?:is|are|would be|will be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:\w+ly\s+)?"
-              r"(?:reliable|possible|accurate|appropriate|feasible|fair)|(?:is|are|would be|will be|can be|could be|"
+              r"(?:reliable|possible|accurate|appropriate|feasible|fair)|(?:is|are|would be|will be|can be|could be|is too|"
               r"would only be|remains?)\s+(?:\w+ly\s+)?(?:speculative|impossible|difficult|hard|challenging|tough|"
-              r"unreliable|inaccurate|inappropriate|subjective|unfair|presumptuous|misleading|guesswork)")
-#: the act of judging as a subject: "determining X", "any conclusion about X"
-_JUDGING = (r"(?:determining|identifying|assessing|judging|inferring|guessing|assigning|classifying|estimating|"
-            r"measuring|making assumptions|speculating|drawing conclusions|(?:any|such|an?|the|this|that|my) "
+              r"unreliable|inaccurate|inappropriate|subjective|unfair|presumptuous|misleading|guesswork|limited)")
+#: the act of judging as the subject of a clause: "determining X ...", "any conclusion about X ..."
+_JUDGING = (r"(?:(?:^|(?<=, ))\w+ing|(?:any|such|an?|the|this|that|my) "
             r"(?:\w+ )?(?:conclusions?|guess(?:es)?|assumptions?|judg(?:e)?ments?|interpretations?|inferences?|"
             r"assessments?|classifications?|determinations?|identifications?|estimates?|speculation))")
 #: "from an image" in general (not "from this picture"): the mark of a claim about what images can show
-_FROM_IMAGE = (r"(?:\bfrom (?:an? |one |a single )?(?:still |static |single )?(?:image|photo|photograph|picture|face|"
+_FROM_IMAGE = (r"(?:\bfrom (?:an? |one |a single )?(?:\w+ )?(?:image|photo|photograph|picture|face|"
                r"snapshot|frame)s?\b|\bfrom (?:someone's |a person's |their |physical )?(?:appearance|looks)\b|"
                r"\b(?:image|photo|picture|face|appearance) alone\b)")
 _DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
     r"\b" + _NEG + r"(?:\s+" + _ADVERBS + r")*\s+(?:help (?:to )?)?" + _JUDGE,
     r"\b(?:can't|cannot|can not|couldn't|could not|isn't|is not|aren't|are not|won't|will not)\s+(?:be\s+)?"
     r"(?:" + _ADVERBS + r"\s+)*" + _PARTICIPLE + r"\b",
-    r"\b" + _JUDGING + r"\b(?:[^.;:!?]{0,80}?\s)?(?:" + _LIMIT_ADJ + r")\b",
+    r"\b" + _JUDGING + r"\b(?:[^.;:!?,]{0,80}?\s)?(?:" + _LIMIT_ADJ + r")\b",
     r"\b(?:it|that|this)(?: would| could| might)? (?:be|is|'s|'d be|seems) (?:\w+ly )?(?:speculative|unfair|"
     r"presumptuous|misleading|guesswork|irresponsible)\b",
     r"\bi(?:'m| am) (?:not (?:sure|certain)|uncertain)\b",
@@ -99,7 +99,9 @@ _DISCLAIMER_PATTERNS = tuple(re.compile(p) for p in (
     r"\b(?:don't|do not) have the (?:ability|capability|capacity|means)\b",
     r"(?:\bnot|n't) something (?:that )?(?:(?:i|we)\b|(?:one|you|anyone)?\s*(?:'m |am |are |is )?"
     r"(?:can|could|able|allowed)\b)",
-    r"\b(?:can't|cannot|can not|unable to|impossible|not possible|no (?:\w+ )?way)\b[^.;:!?]{0,80}?" + _FROM_IMAGE,
+    r"(?:\bcan't|\bcannot|\bcan not|\bunable to|\bimpossible|(?:\bnot|n't) possible|\bno (?:\w+ )?way)\b[^.;:!?]{0,80}?"
+    + _FROM_IMAGE,
+    r"\bi(?:'ll| will)(?: have to| must)? (?:refrain|pass|decline)\b",
 ))
 _APOLOGY = re.compile(r"^(?:i'm sorry|i am sorry|sorry\b|i apologi[sz]e|my apologies|unfortunately,? i\b|"
                       r"as an ai\b|as a language model|as an artificial)")
@@ -183,7 +185,7 @@ def _segment_kind(lead: str, body: str) -> Tuple[str, str]:
         sub = _SUBORDINATE.match(s.strip()) or _SUBORDINATE.match(bare)
         comma = _clause_comma(body) if sub else None
         if comma is not None and not is_disclaimer(body[comma + 1:]) and is_disclaimer(body[:comma]):
-            return "hedged", body[comma + 1:].lstrip(" ,")  # only the hedge intro goes
+            return "hedged", _after_lead_in(body[comma + 1:].lstrip(" ,"))  # only the hedge intro goes
         return "disclaimer", ""
     if _CONCESSIVE.match(bare):
         comma = _clause_comma(body)
@@ -191,12 +193,18 @@ def _segment_kind(lead: str, body: str) -> Tuple[str, str]:
             return "hedged", body[comma + 1:].lstrip(" ,")
     if lead and _CONCESSIVE_LEAD.match(_norm(lead).strip()) and _is_caveat(body):
         return "disclaimer", ""  # a trailing ", though an accurate assessment needs ..."
-    lead_in = _LEAD_IN.match(bare)
-    if lead_in:
-        return "content", body[len(body) - len(bare) + lead_in.end():]
+    if _LEAD_IN.match(bare):
+        return "content", _after_lead_in(body)
     if _OFFER.match(bare):
         return "offer", ""
     return "content", body
+
+
+def _after_lead_in(body: str) -> str:
+    """``body`` without a leading connective + "I can tell you that" (the answer that follows stays)."""
+    bare = _strip_connective(_norm(body).strip())
+    lead_in = _LEAD_IN.match(bare)
+    return body[len(body) - len(bare) + lead_in.end():] if lead_in else body
 
 
 def _segments(core: str) -> List[Tuple[str, str]]:
