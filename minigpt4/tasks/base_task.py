@@ -320,7 +320,7 @@ class BaseTask:
 
 def skipped_count(samples: Any) -> int:
     """The batch's ``skipped`` total (records passed over for missing/broken images); 0 when absent."""
-    value = samples.get("skipped", 0) if isinstance(samples, dict) else 0
+    value = samples.get("skipped", 0) if isinstance(samples, dict) else getattr(samples, "skipped", 0)
     if isinstance(value, torch.Tensor):
         return int(value.sum().item())
     if isinstance(value, (list, tuple)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minigpt4.datasets.datasets.collate import collate_samples
+from minigpt4.datasets.datasets.collate import SkippedSample, collate_samples, is_empty_batch
 
 
 def _single(k: int, skipped: int = 0) -> dict:
@@ -41,3 +41,13 @@ def test_mismatched_keys_and_empty_batches_are_errors() -> None:
         collate_samples([_single(0), odd])
     with pytest.raises(ValueError, match="empty batch"):
         collate_samples([])
+
+
+def test_skip_markers_shrink_the_batch_and_an_all_skipped_batch_is_empty() -> None:
+    marker = SkippedSample("ds", 7, "x.jpg", "image file not found: x.jpg")
+    batch = collate_samples([_single(1), marker, _single(2, 1), None])
+    assert batch["image"].shape == (2, 3, 4, 4) and batch["image_id"] == ["1", "2"]
+    assert batch["skipped"] == 3, "two markers dropped here plus one counted by an item"
+    empty = collate_samples([marker, None])
+    assert is_empty_batch(empty) and not isinstance(empty, dict) and empty.skipped == 2
+    assert not is_empty_batch(batch)

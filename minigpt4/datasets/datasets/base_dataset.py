@@ -66,7 +66,7 @@ class BaseDataset(Dataset, abc.ABC):
         """Replace the processors (upstream API)."""
         self.vis_processor, self.text_processor = vis_processor, text_processor
 
-    def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def collater(self, samples: List[Any]) -> Any:
         """Batch items per the contract (:func:`collate_samples`)."""
         return collate_samples(samples)
 

@@ -6,13 +6,13 @@ ones into one-turn conversations (``conv_q=[instruction_input]``, ``conv_a=[answ
 
 Skipped records: a dataset returns a :class:`SkippedSample` (or ``None``) for a record whose image is missing,
 undecodable or outside the image root. The collater drops it, so the batch shrinks by one, and counts it in
-``skipped``. When every item of a batch was skipped the result is an *empty batch*, ``{"skipped": n}`` (no
-``image``, no text; :func:`is_empty_batch`), which the training loop passes over and counts.
+``skipped``. When every item of a batch was skipped the result is an :class:`EmptyBatch` (not a dict, so
+encoders pass it through untouched; :func:`is_empty_batch`), which the training loop passes over and counts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Union
 
 import torch
 
@@ -29,6 +29,12 @@ class SkippedSample(NamedTuple):
     reason: str
 
 
+class EmptyBatch(NamedTuple):
+    """What collation returns when every item of a batch was skipped: nothing to train on, ``skipped`` items."""
+
+    skipped: int
+
+
 def is_skipped(sample: Any) -> bool:
     """Whether a dataset item is a skip marker (:class:`SkippedSample` or ``None``)."""
     return sample is None or isinstance(sample, SkippedSample)
@@ -36,7 +42,7 @@ def is_skipped(sample: Any) -> bool:
 
 def is_empty_batch(batch: Any) -> bool:
     """Whether a collated batch holds no sample (every item was skipped)."""
-    return isinstance(batch, dict) and set(batch) <= {"skipped"}
+    return batch is None or isinstance(batch, EmptyBatch)
 
 
 def _as_conversation(sample: Dict[str, Any]) -> Dict[str, Any]:
@@ -54,14 +60,14 @@ def _collate_key(key: str, values: List[Any]) -> Any:
     return list(values)
 
 
-def collate_samples(samples: List[Any]) -> Dict[str, Any]:
+def collate_samples(samples: List[Any]) -> Union[Dict[str, Any], EmptyBatch]:
     """Collate dataset items into a batch dict (see the module docstring); skip markers are dropped and counted."""
     if not samples:
         raise ValueError("collate_samples: empty batch")
     kept = [s for s in samples if not is_skipped(s)]
     dropped = len(samples) - len(kept)
     if not kept:
-        return {"skipped": dropped}
+        return EmptyBatch(dropped)
     has_conv = any("conv_q" in s for s in kept)
     if has_conv and any("conv_q" not in s for s in kept):
         kept = [s if "conv_q" in s else _as_conversation(s) for s in kept]
