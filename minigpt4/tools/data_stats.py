@@ -3,7 +3,7 @@
 Per file: records, unique images (set of normalised paths), malformed records; per section: records, unique
 images, refusal rate (:func:`minigpt4.tools.data_clean.is_refusal`), answer-length percentiles (words);
 between the ShareGPT lists: images shared by each pair and by all, and the union; images missing or
-undecodable under each file's image root.
+undecodable under each file's image root, and image paths that land outside it (refused, never opened).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from minigpt4.datasets.records import RecordError, parse_record
 from minigpt4.datasets.schemas import FieldMap
-from minigpt4.processors.image_io import ImageOpenError, open_image
+from minigpt4.processors.image_io import ImageOpenError, ImagePathError, image_path_in_root, open_image
 from minigpt4.tools.data_clean import is_refusal
 from minigpt4.tools.data_common import (
     AnnFile,
@@ -65,11 +65,16 @@ class _Section:
 
 
 def _check_images(images: Set[str], root: str, mode: str) -> Dict[str, List[str]]:
-    missing, bad = [], []
+    """Image paths outside ``root`` (refused, never opened), missing, and with ``decode`` undecodable."""
+    missing, bad, outside = [], [], []
     if mode == "none":
-        return {"missing": missing, "undecodable": bad}
+        return {"missing": missing, "undecodable": bad, "outside_root": outside}
     for rel in progress(sorted(images), f"images under {root}"):
-        path = os.path.join(root, rel)
+        try:
+            path = image_path_in_root(root, rel)
+        except ImagePathError:
+            outside.append(rel)
+            continue
         if not os.path.isfile(path):
             missing.append(rel)
         elif mode == "decode":
@@ -77,7 +82,7 @@ def _check_images(images: Set[str], root: str, mode: str) -> Dict[str, List[str]
                 open_image(path, target_size=32)
             except ImageOpenError:
                 bad.append(rel)
-    return {"missing": missing, "undecodable": bad}
+    return {"missing": missing, "undecodable": bad, "outside_root": outside}
 
 
 def file_stats(ann: AnnFile, check_images: str = "exists", prompt_sections: Sequence[str] = ("Pre-Prompt",)
@@ -142,10 +147,11 @@ def render(stats: Dict[str, Any]) -> str:
         out += [f"  {p['a']} & {p['b']}: {p['shared_images']}" for p in ov["pairs"]]
         out += [f"  shared by all: {ov['shared_by_all']}   union: {ov['union_images']}"]
     for label, s in stats["files"].items():
-        for kind in ("missing", "undecodable"):
+        for kind in ("missing", "undecodable", "outside_root"):
             paths = s["image_check"][kind]
             if paths:
-                out.append(f"{label}: {len(paths)} {kind} image(s), e.g. {', '.join(paths[:3])}")
+                what = "image path(s) outside the image root" if kind == "outside_root" else f"{kind} image(s)"
+                out.append(f"{label}: {len(paths)} {what}, e.g. {', '.join(paths[:3])}")
     return "\n".join(out)
 
 

@@ -84,3 +84,12 @@ def test_validate_text_report_prints_counts_and_locations(tmp_path, capsys) -> N
             in out)
     assert "ERROR" in out and "record #4: image path '/etc/passwd' lands outside" in out
     assert "note: " in out and "faces.json record #5 repeats" in out
+
+
+def test_stats_lists_outside_paths_without_opening_them(tmp_path, capsys) -> None:
+    root = _faulty_root(tmp_path / "data")
+    faces = root / "ShareGPTData" / "Annotations" / "faces.json"
+    assert main(["stats", str(faces), "--json", "--check-images", "decode"]) == 0
+    check = json.loads(capsys.readouterr().out)["files"]["faces.json"]["image_check"]
+    assert sorted(check["outside_root"]) == ["../../outside.jpg", "/etc/passwd"]
+    assert check["missing"] == ["faces/missing.jpg"] and check["undecodable"] == []
