@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from minigpt4.common.checkpoint_config import merge_checkpoint_model
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import RegistryError, closest, registry
 from minigpt4.common.schema import (
@@ -287,6 +288,10 @@ def _model_defaults(raw: DictConfig, v: _Validator) -> Tuple[Optional[Type], Dic
     schema = _schema_of(cls, ModelConfig)
     presets: Dict[str, str] = getattr(cls, "PRETRAINED_MODEL_CONFIG_DICT", {})
     model_type = model.get("model_type")
+    if _is_unset(model_type) and presets:
+        model_type = next(iter(presets))  # the arch's first preset: upstream's (pretrain, pretrain_vicuna0)
+        logger.info("model.model_type not set: using %s's default preset %r", arch, model_type)
+        model.model_type = model_type
     if _is_unset(model_type):
         v.add("model.model_type", f"required value is not set; {arch} presets: {sorted(presets)}", model_type,
               f"model.model_type={sorted(presets)[0] if presets else 'pretrain'}")
@@ -434,8 +439,13 @@ def load_config(
     *,
     check_paths: bool = True,
     check_dataset_paths: Optional[bool] = None,
+    checkpoint_config: bool = True,
 ) -> Config:
     """Load, merge and validate; raises :class:`ConfigError` listing every problem.
+
+    When ``model.ckpt`` names a FaceGPT checkpoint, the model section saved in it sits between the preset and the
+    YAML (preset < checkpoint < YAML < ``--options``); a YAML or ``--options`` value that contradicts it is a
+    problem naming both values (see :mod:`minigpt4.common.checkpoint_config`).
 
     Args:
         cfg_path: the user YAML (``--cfg-path``); None starts from an empty config.
@@ -443,11 +453,19 @@ def load_config(
         check_paths: check that path values exist on disk (off for schema-only checks).
         check_dataset_paths: the same for the ``datasets`` section only (default: ``check_paths``); chat front
             ends turn it off, since upstream's eval YAMLs carry a dataset block they never read.
+        checkpoint_config: read the saved model section of ``model.ckpt``; training turns it off (a run that
+            starts from a FaceGPT checkpoint may change its settings).
     """
     source = str(cfg_path) if cfg_path else "--options"
     user = _load_yaml(Path(cfg_path), "--cfg-path") if cfg_path else OmegaConf.create({})
-    raw = OmegaConf.merge(user, parse_options(options))
+    opts = parse_options(options)
+    raw = OmegaConf.merge(user, opts)
     v = _Validator(check_paths)
+    if checkpoint_config:
+        raw, contradictions = merge_checkpoint_model(raw, [(source if cfg_path else "--cfg-path", user),
+                                                           ("--options", opts)])
+        for key, message, fix in contradictions:
+            v.add(key, message, None, fix)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             hint = closest(str(key), list(TOP_LEVEL_KEYS))

@@ -12,7 +12,9 @@ names (``llama_proj.*``; for MiniGPT-v2 also the LoRA matrices). Reading (:func:
   come from another file (EVA, BLIP-2, the LLM folder) — otherwise, unless ``partial``, it is an error;
 * shape mismatches name the LLM size or the architecture the checkpoint was trained for.
 
-Writing (:func:`save_model_checkpoint`): ``{"model": trainable_state_dict, **extra}``, atomically. LoRA keys are
+Writing (:func:`save_model_checkpoint`): ``{"model": trainable_state_dict, **extra}`` through the one atomic writer
+(:func:`minigpt4.common.checkpoint_io.atomic_torch_save`: fsync, then rename); the runner's checkpoints and its best
+checkpoint go through it too, with the run's resolved config under ``"config"``. LoRA keys are
 written without the adapter name (peft 0.2.0 spelling): upstream MiniGPT-4 (peft 0.2.0, ``strict=False``) loads them
 and FaceGPT accepts both. Buffers are not written (upstream's runner kept them, but they are deterministic and
 transformers 5 no longer stores ``inv_freq``); upstream's non-strict load does not need them.
@@ -29,7 +31,8 @@ import torch
 from torch import nn
 
 from minigpt4.common.logger import get_logger
-from minigpt4.models.keymap import LoadReport, load_state_dict_strict, torch_load_weights
+from minigpt4.common.checkpoint_io import atomic_torch_save, read_weights
+from minigpt4.models.keymap import LoadReport, load_state_dict_strict
 
 logger = get_logger(__name__)
 
@@ -60,23 +63,15 @@ def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def save_model_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write ``{"model": trainable weights (upstream names), **extra}`` to ``path`` atomically (temp + rename)."""
+    """Write ``{"model": trainable weights (upstream names), **extra}`` to ``path`` (fsync + atomic rename)."""
     extra = dict(extra or {})
     if "model" in extra:
         raise ValueError("save_model_checkpoint: 'model' in extra would overwrite the weights")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     unwrapped = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     payload = {"model": trainable_state_dict(unwrapped), **extra}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_torch_save(payload, path)
     logger.info("saved %d trainable tensors to %s", len(payload["model"]), path)
-    return path
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -194,14 +189,16 @@ def _fix_text(mapped: Dict[str, torch.Tensor], model_keys: Set[str], partial: bo
             "set model.ckpt_partial=True only if some trainable weights should keep their initialisation")
 
 
-def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, partial: bool = False) -> LoadReport:
+def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, partial: bool = False,
+                          key: Optional[str] = "model.ckpt") -> LoadReport:
     """Load a MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint into ``model``, accounting for every key.
 
     ``partial`` lets trainable weights that no file provided (projection, LoRA) keep their initialisation; they
-    are then listed as expected-absent. Raises :class:`~minigpt4.models.keymap.CheckpointKeyError` otherwise.
+    are then listed as expected-absent. Raises :class:`~minigpt4.models.keymap.CheckpointKeyError` otherwise, and
+    :class:`~minigpt4.common.checkpoint_io.WeightsFileError` (naming ``key``) for a damaged file.
     """
     path = str(path)
-    raw = torch_load_weights(path, what="a MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint ({'model': {...}})")
+    raw = read_weights(path, "a MiniGPT-4 / MiniGPT-v2 / FaceGPT checkpoint ({'model': {...}})", key)
     state = raw["model"] if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else raw
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(

@@ -23,7 +23,8 @@ from torch import nn
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.schema import VitConfig
-from minigpt4.models.keymap import LoadReport, load_state_dict_strict, torch_load_weights
+from minigpt4.common.checkpoint_io import read_weights
+from minigpt4.models.keymap import LoadReport, load_state_dict_strict
 
 logger = get_logger(__name__)
 
@@ -164,7 +165,8 @@ def load_eva_vit_weights(model: EvaViT, path: Union[str, Path], img_size: Option
     path = str(path)
     if img_size is not None and img_size != model.image_size:
         raise ValueError(f"load_eva_vit_weights: img_size {img_size} differs from the tower's {model.image_size}")
-    state = torch_load_weights(path, what="EVA-ViT-g weights in LAVIS's eva_vit_g.pth layout (a plain state dict)")
+    state = read_weights(path, "EVA-ViT-g weights in LAVIS's eva_vit_g.pth layout (a plain state dict)",
+                         "model.vit_ckpt")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
             f"{path}: expected a plain state dict of tensors (LAVIS's eva_vit_g.pth), found "
@@ -219,7 +221,7 @@ def build_ln_vision(width: int, eps: float = LN_VISION_EPS) -> LayerNormFp32:
 def load_ln_vision(ln_vision: nn.Module, path: Union[str, Path]) -> LoadReport:
     """Load ``ln_vision.{weight,bias}`` from a ``{'model': {...}}`` file that holds only them (e.g. parity data)."""
     path = str(path)
-    raw = torch_load_weights(path, what="{'model': {'ln_vision.weight', 'ln_vision.bias'}}")
+    raw = read_weights(path, "{'model': {'ln_vision.weight', 'ln_vision.bias'}}")
     state = raw.get("model", raw) if isinstance(raw, dict) else raw
     prefix = "ln_vision."
     mapped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

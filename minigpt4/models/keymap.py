@@ -8,22 +8,20 @@ fit without a word. Here each key of a weight file ends in exactly one bucket of
 * ``expected_absent`` — model keys the file is not meant to hold (e.g. frozen parts loaded from another file).
 
 Anything else — a file key the model does not know, a model key the file lacks, a shape that differs — is
-collected and raised at once as a :class:`CheckpointKeyError` that names the file and the fix.
+collected and raised at once as a :class:`CheckpointKeyError` that names the file and the fix. Files are read by
+:func:`minigpt4.common.checkpoint_io.read_weights` (re-exported here as ``torch_load_weights``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
 
+from minigpt4.common.checkpoint_io import WeightsFileError, read_weights
 from minigpt4.common.logger import get_logger
 
 logger = get_logger(__name__)
@@ -107,10 +105,6 @@ class CheckpointKeyError(RuntimeError):
                 lines.append(f"    ... and {len(self.mismatched) - _LIST_LIMIT} more")
         lines.append(f"Fix: {self.fix}")
         return "\n".join(lines)
-
-
-class WeightsFileError(RuntimeError):
-    """A file exists but is not a weights file that can be read safely."""
 
 
 def _short_list(keys: List[str]) -> str:
@@ -200,32 +194,6 @@ def load_state_dict_strict(
     )
 
 
-def torch_load_weights(path: Union[str, os.PathLike], what: str = "model weights") -> Dict[str, object]:
-    """Read a weight file: ``.safetensors`` via safetensors, anything else via ``torch.load(weights_only=True)``.
-
-    ``what`` describes what belongs at ``path`` and appears in the errors: a missing file raises
-    :class:`FileNotFoundError`, a file that is not a weights file raises :class:`WeightsFileError`.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file; it should hold {what}. Set the path in the config.")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; it should be a file holding {what}.")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except SafetensorError as err:
-            raise WeightsFileError(f"{path} is not a readable safetensors file ({err}); expected {what}.") from err
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise WeightsFileError(
-            f"{path} is not a PyTorch weights file that torch.load(weights_only=True) can read "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); expected {what}. "
-            "If it was written with torch.save(model) (a pickled object, not a state dict), load it once in "
-            "a trusted session and re-save model.state_dict()."
-        ) from err
-
+#: the one reader (:mod:`minigpt4.common.checkpoint_io`), under its earlier name
+torch_load_weights = read_weights
+__all__ = ["CheckpointKeyError", "LoadReport", "WeightsFileError", "load_state_dict_strict", "torch_load_weights"]

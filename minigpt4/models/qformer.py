@@ -26,7 +26,8 @@ from transformers import AttentionInterface
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.schema import QFormerConfig
-from minigpt4.models.keymap import LoadReport, load_state_dict_strict, torch_load_weights
+from minigpt4.common.checkpoint_io import read_weights
+from minigpt4.models.keymap import LoadReport, load_state_dict_strict
 
 logger = get_logger(__name__)
 
@@ -301,7 +302,8 @@ def load_blip2_qformer(
     reported unused otherwise. All Q-Former, ``query_tokens`` and ``ln_vision`` keys must be in the file.
     """
     path = str(path)
-    raw = torch_load_weights(path, what="a BLIP-2 checkpoint {'model': {...}} such as blip2_pretrained_flant5xxl.pth")
+    raw = read_weights(path, "a BLIP-2 checkpoint {'model': {...}} such as blip2_pretrained_flant5xxl.pth",
+                       "model.q_former_model")
     state = _unwrap_model(raw, path)
     mapped, renamed, unused = _sort_blip2_keys(state, visual_encoder is not None)
     targets = _Blip2Targets(qformer, query_tokens, ln_vision, visual_encoder)

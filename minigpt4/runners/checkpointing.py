@@ -9,115 +9,68 @@ A run folder ``<output_dir>/<job_name>/<run_id>/`` holds, per checkpoint:
   step, each loader's pass and batch), counters and every rank's RNG states — everything to continue the run
   exactly. Readable with ``torch.load(..., weights_only=True)``.
 
-Each file is written to a temporary name in the same folder, flushed and fsync'ed, then ``os.replace``'d into
-place. ``checkpoint_latest.json`` is written the same way *after* both files, so it always names a complete
-pair: a crash at any moment leaves the previous pointer and its files intact. Only then are old pairs beyond
-``keep_last_k`` deleted.
+Every file goes through the one writer, :mod:`minigpt4.common.checkpoint_io` (temporary name in the same folder,
+fsync, ``os.replace``). ``checkpoint_latest.json`` is written the same way *after* both files, so it always names a
+complete pair: a crash at any moment leaves the previous pointer and its files intact. Only then are old pairs
+beyond ``keep_last_k`` deleted.
+
+Resume verifies a pair before using it: both files readable with ``weights_only=True`` (zip checksums included)
+and written by the same save (equal ``global_step``). A pair damaged afterwards (a truncated copy, a full disk, a
+deleted file) is reported in one warning line and the newest complete pair still on disk is used instead; when
+none is left, :class:`ResumeError` says so in one line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from minigpt4.common.checkpoint_io import (WeightsFileError, atomic_torch_save, atomic_write, atomic_write_json,
+                                           read_weights)
 from minigpt4.common.logger import get_logger
+from minigpt4.models.checkpoint import load_model_checkpoint, save_model_checkpoint
 
 logger = get_logger(__name__)
 
 LATEST = "checkpoint_latest.json"
 BEST = "checkpoint_best.pth"
 BEST_INFO = "checkpoint_best.json"
+RESUME_KEY = "run.resume_ckpt_path"
 _PAIR_RE = re.compile(r"^(checkpoint|trainer_state)_(\d+)(?:_(\d+))?\.(pth|pt)$")
-
-
-# ------------------------------------------------------------------------------ atomic writes
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` that never leaves a partial file under ``path``."""
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode("utf-8")))
+__all__ = ["BEST", "BEST_INFO", "LATEST", "CheckpointManager", "ResumeError", "ResumeTarget", "atomic_torch_save",
+           "atomic_write", "atomic_write_json", "capture_rng", "find_auto_resume", "load_weights", "pair_names",
+           "resolve_resume", "restore_rng", "save_weights"]
 
 
 # ---------------------------------------------------------------------------- model weights
 
 
-def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The model's own ``trainable_state_dict()`` (upstream key names) or, for plain modules, trainable params."""
-    own = getattr(model, "trainable_state_dict", None)
-    if callable(own):
-        return own()
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+class ResumeError(ValueError):
+    """``run.resume_ckpt_path`` names nothing resumable; the message says what was found and the fix."""
 
 
 def save_weights(model: nn.Module, path: Path, extra: Dict[str, Any]) -> None:
-    """Write ``{"model": trainable weights, **extra}`` atomically (FaceGPT models via their checkpoint module)."""
-    if callable(getattr(model, "trainable_state_dict", None)):
-        from minigpt4.models.checkpoint import save_model_checkpoint
-
-        save_model_checkpoint(model, path, extra)
-        _fsync_file(path)  # durable before the pointer names it
-        return
-    state = {"model": {k: v.detach().cpu().clone() for k, v in trainable_state_dict(model).items()}, **extra}
-    atomic_torch_save(state, path)
+    """Write ``{"model": trainable weights (upstream names), **extra}`` with the one atomic writer."""
+    save_model_checkpoint(model, path, extra)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, key: str = RESUME_KEY) -> None:
     """Load trainable weights written by :func:`save_weights`, accounting for every key (errors name them)."""
     if callable(getattr(model, "trainable_state_dict", None)):
-        from minigpt4.models.checkpoint import load_model_checkpoint
-
-        report = load_model_checkpoint(model, path)
-        logger.info("loaded weights from %s: %s", path, report)
+        report = load_model_checkpoint(model, path, key=key)
+        logger.info("loaded weights from %s: %s", path, report.summary())
         return
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_weights(path, "a checkpoint {'model': {...}}", key)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -167,17 +120,17 @@ def pair_names(epoch: int, iters: Optional[int]) -> Dict[str, str]:
 
 
 def read_latest(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The parsed ``checkpoint_latest.json`` when it names files that exist, else None."""
+    """The parsed ``checkpoint_latest.json`` of ``run_dir`` (not checked against the files), else None."""
     pointer = Path(run_dir) / LATEST
     if not pointer.is_file():
         return None
     try:
         info = json.loads(pointer.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         logger.warning("ignoring unreadable %s: %s", pointer, err)
         return None
-    if not all((Path(run_dir) / info[k]).is_file() for k in ("weights", "trainer_state")):
-        logger.warning("ignoring %s: it names files that no longer exist", pointer)
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("weights", "trainer_state")):
+        logger.warning("ignoring %s: it does not name a weights and a trainer_state file", pointer)
         return None
     return info
 
@@ -227,6 +180,89 @@ class CheckpointManager:
                           self.run_dir / BEST_INFO)
 
 
+# ------------------------------------------------------------------------------ pair checks
+
+
+def _order(weights_name: str) -> Tuple[int, float]:
+    """Sort key of a checkpoint file name: (epoch, iterations; an epoch-end checkpoint after all of its)."""
+    match = _PAIR_RE.match(weights_name)
+    if match is None:
+        return (-1, -1.0)
+    return int(match.group(2)), float(match.group(3)) if match.group(3) is not None else float("inf")
+
+
+def _names_of(path: Path) -> Dict[str, str]:
+    """The pair a ``checkpoint_*.pth`` or ``trainer_state_*.pt`` file belongs to."""
+    match = _PAIR_RE.match(path.name)
+    assert match is not None
+    suffix = path.name[len(match.group(1)) + 1:].rsplit(".", 1)[0]
+    return {"weights": f"checkpoint_{suffix}.pth", "trainer_state": f"trainer_state_{suffix}.pt"}
+
+
+def pairs_on_disk(run_dir: Path) -> List[Dict[str, str]]:
+    """Every checkpoint pair with at least one file in ``run_dir``, newest first."""
+    pairs = {_names_of(p)["weights"]: _names_of(p) for p in Path(run_dir).iterdir() if _PAIR_RE.match(p.name)}
+    return [pairs[name] for name in sorted(pairs, key=_order, reverse=True)]
+
+
+def pair_problem(run_dir: Path, names: Dict[str, str]) -> Optional[str]:
+    """None when the pair is complete, readable and from one save; else what is wrong, naming the file."""
+    files = {kind: Path(run_dir) / name for kind, name in names.items()}
+    for path in files.values():
+        if not path.is_file():
+            return f"{path} is missing"
+    try:
+        weights = read_weights(files["weights"], "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
+        check_zip_checksums(files["weights"], RESUME_KEY)
+        state = read_weights(files["trainer_state"], "a trainer state", RESUME_KEY, mmap=True)
+        check_zip_checksums(files["trainer_state"], RESUME_KEY)
+    except WeightsFileError as err:
+        return str(err)
+    if not isinstance(weights, dict) or not isinstance(weights.get("model"), dict):
+        return f"{files['weights']} holds no 'model' entry (not a checkpoint written by the runner)"
+    if not isinstance(state, dict) or "next_step" not in state:
+        return f"{files['trainer_state']} is not a trainer state (no next_step)"
+    if "global_step" in state and weights.get("global_step") != state["global_step"]:
+        return (f"{files['weights'].name} (global step {weights.get('global_step')}) and {files['trainer_state'].name} "
+                f"(global step {state.get('global_step')}) come from different saves")
+    return None
+
+
+def check_zip_checksums(path: Path, key: str) -> None:
+    """Raise :class:`WeightsFileError` when a member of a zip-format torch file fails its CRC (bytes overwritten)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # not a zip file: torch.load already judged it
+    if bad is not None:
+        raise WeightsFileError(path, f"is damaged: archive member {bad} fails its checksum", key)
+
+
+def newest_complete_pair(run_dir: Path, value: str, newest: Optional[Dict[str, str]] = None
+                         ) -> Optional[Dict[str, str]]:
+    """The pair to resume from in ``run_dir``: the pointer's (or ``newest``'s) pair if complete, else the newest
+    complete older one (one warning line says which file was damaged). None when the folder holds no checkpoint;
+    :class:`ResumeError` when it holds only damaged ones."""
+    first = newest or read_latest(run_dir)
+    candidates = [{"weights": first["weights"], "trainer_state": first["trainer_state"]}] if first else []
+    limit = _order(candidates[0]["weights"]) if newest else (float("inf"),)
+    candidates += [p for p in pairs_on_disk(run_dir) if p not in candidates and _order(p["weights"]) <= limit]
+    problems: List[str] = []
+    for names in candidates:
+        problem = pair_problem(run_dir, names)
+        if problem is None:
+            if problems:
+                logger.warning("cannot resume from %s; resuming from the newest complete pair %s + %s",
+                               "; ".join(problems), names["weights"], names["trainer_state"])
+            return names
+        problems.append(problem)
+    if problems:
+        raise ResumeError(f"{RESUME_KEY}={value}: no complete checkpoint pair left in {run_dir} ({'; '.join(problems)})."
+                          f" Restore the files, or start afresh with --options {RESUME_KEY}=null")
+    return None
+
+
 # ------------------------------------------------------------------------------ resume lookup
 
 
@@ -239,53 +275,75 @@ class ResumeTarget:
     run_dir: Optional[Path]
 
 
-def find_auto_resume(job_dir: Path, run_id: Optional[str]) -> Optional[ResumeTarget]:
-    """``resume_ckpt_path: auto``: the newest complete checkpoint under ``<output_dir>/<job_name>/``.
+def _folder_time(folder: Path) -> float:
+    """When a run folder last saved a checkpoint: its pointer's time, else its newest pair file's mtime."""
+    info = read_latest(folder)
+    if info is not None and isinstance(info.get("unix_time"), (int, float)):
+        return float(info["unix_time"])
+    times = [p.stat().st_mtime for p in folder.iterdir() if _PAIR_RE.match(p.name)]
+    return max(times, default=-1.0)
 
-    With ``run.run_id`` set only that run folder is considered; otherwise every run folder of the job, the one
-    whose ``checkpoint_latest.json`` was written last winning. None when nothing complete exists.
+
+def find_auto_resume(job_dir: Path, run_id: Optional[str]) -> Optional[ResumeTarget]:
+    """``resume_ckpt_path: auto``: the newest complete checkpoint pair under ``<output_dir>/<job_name>/``.
+
+    With ``run.run_id`` set only that run folder is considered; otherwise the run folder that saved last. Within
+    it, a damaged newest pair falls back to the newest complete one (see :func:`newest_complete_pair`). None when
+    no checkpoint exists yet.
     """
     folders = [job_dir / run_id] if run_id else (sorted(p for p in job_dir.iterdir() if p.is_dir())
                                                   if job_dir.is_dir() else [])
-    best: Optional[tuple] = None
-    for folder in folders:
-        info = read_latest(folder)
-        if info is not None and (best is None or info["unix_time"] > best[0]):
-            best = (info["unix_time"], folder, info)
-    if best is None:
+    folders = [f for f in folders if f.is_dir() and _folder_time(f) >= 0]
+    if not folders:
         return None
-    _, folder, info = best
-    return ResumeTarget(folder / info["weights"], folder / info["trainer_state"], folder)
+    folder = max(folders, key=_folder_time)
+    names = newest_complete_pair(folder, "auto")
+    if names is None:
+        return None
+    return ResumeTarget(folder / names["weights"], folder / names["trainer_state"], folder)
+
+
+def _resume_file(path: Path, value: str) -> ResumeTarget:
+    """An explicit ``checkpoint_*.pth`` / ``trainer_state_*.pt``: its pair (weights only when the state file is
+    absent), or, when damaged, the newest complete pair before it in the same folder."""
+    names = _names_of(path)
+    weights, state = path.parent / names["weights"], path.parent / names["trainer_state"]
+    if not weights.is_file() and not state.is_file():
+        raise FileNotFoundError(f"{RESUME_KEY}={value}: the matching weights {weights.name} are missing")
+    if weights.is_file() and not state.is_file():
+        read_weights(weights, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
+        check_zip_checksums(weights, RESUME_KEY)
+        return ResumeTarget(weights, None, None)
+    chosen = newest_complete_pair(path.parent, value, newest=names)
+    assert chosen is not None
+    return ResumeTarget(path.parent / chosen["weights"], path.parent / chosen["trainer_state"], None)
 
 
 def resolve_resume(value: Optional[str], job_dir: Path, run_id: Optional[str]) -> Optional[ResumeTarget]:
     """Interpret ``run.resume_ckpt_path``: null, ``auto``, a run folder, a ``checkpoint_latest.json``, a
-    ``checkpoint_*.pth`` (its ``trainer_state_*`` beside it is used when present) or a ``trainer_state_*.pt``."""
+    ``checkpoint_*.pth`` (its ``trainer_state_*`` beside it is used when present) or a ``trainer_state_*.pt``.
+    Damaged pairs fall back to the newest complete one; :class:`ResumeError` when none is left."""
     if value is None or str(value).strip() == "":
         return None
     if str(value).strip().lower() == "auto":
         target = find_auto_resume(job_dir, run_id)
         if target is None:
-            logger.info("resume_ckpt_path=auto: no complete checkpoint under %s yet, starting a new run", job_dir)
+            logger.info("resume_ckpt_path=auto: no checkpoint under %s yet, starting a new run", job_dir)
         return target
     path = Path(str(value)).expanduser()
     path = path if path.is_absolute() else Path.cwd() / path
+    if path.is_file() and path.name == LATEST:
+        path = path.parent
     if path.is_dir():
-        info = read_latest(path)
-        if info is None:
-            raise FileNotFoundError(f"run.resume_ckpt_path={value}: folder has no complete {LATEST}")
-        return ResumeTarget(path / info["weights"], path / info["trainer_state"], path)
+        names = newest_complete_pair(path, str(value))
+        if names is None:
+            raise ResumeError(f"{RESUME_KEY}={value}: the folder holds no checkpoint ({LATEST} or checkpoint_*.pth); "
+                              "name a run folder of an earlier run, 'auto' or null")
+        return ResumeTarget(path / names["weights"], path / names["trainer_state"], path)
     if not path.is_file():
-        raise FileNotFoundError(f"run.resume_ckpt_path={value}: no such file or folder. Use a run folder, its "
+        raise FileNotFoundError(f"{RESUME_KEY}={value}: no such file or folder. Use a run folder, its "
                                 f"{LATEST}, a checkpoint_*.pth, 'auto' or null")
-    if path.name == LATEST:
-        return resolve_resume(str(path.parent), job_dir, run_id)
-    match = _PAIR_RE.match(path.name)
-    if match is None:
-        return ResumeTarget(path, None, None)  # e.g. an upstream checkpoint_4.pth from elsewhere
-    suffix = path.name[len(match.group(1)) + 1:].rsplit(".", 1)[0]
-    weights = path.parent / f"checkpoint_{suffix}.pth"
-    state = path.parent / f"trainer_state_{suffix}.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"run.resume_ckpt_path={value}: the matching weights {weights.name} are missing")
-    return ResumeTarget(weights, state if state.is_file() else None, None)
+    if _PAIR_RE.match(path.name) is None:  # e.g. an upstream checkpoint_4.pth renamed, from elsewhere
+        read_weights(path, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
+        return ResumeTarget(path, None, None)
+    return _resume_file(path, str(value))

@@ -30,8 +30,9 @@ from minigpt4.common.metrics import (CURVE_FILE, SUMMARY_FILE, MetricsWriter, fo
 from minigpt4.common.optims import build_lr_scheduler, build_optimizer
 from minigpt4.common.precision import PrecisionPolicy, policy_from_run_config
 from minigpt4.common.registry import registry
-from minigpt4.runners.checkpointing import (BEST, LATEST, CheckpointManager, ResumeTarget, atomic_write_json,
-                                            capture_rng, load_weights, resolve_resume, restore_rng)
+from minigpt4.common.checkpoint_io import read_weights
+from minigpt4.runners.checkpointing import (BEST, LATEST, RESUME_KEY, CheckpointManager, ResumeTarget,
+                                            atomic_write_json, capture_rng, load_weights, resolve_resume, restore_rng)
 from minigpt4.runners.loaders import MixingLoader, ResumableLoader, mix_seed, move_to_device, validation_loader
 from minigpt4.runners.progress import Progress, WindowMeter
 from minigpt4.runners.settings import check_run_settings, output_root
@@ -236,14 +237,14 @@ class RunnerBase:
         load_weights(self.unwrapped_model, target.weights)
         self.resumed_from = str(target.weights)
         if target.trainer_state is None:
-            ckpt = torch.load(target.weights, map_location="cpu", weights_only=True)
+            ckpt = read_weights(target.weights, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
             epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
             self.start_epoch = int(epoch) + 1 if isinstance(epoch, int) else 0
             self.global_step = self.start_epoch * self.iters_per_epoch
             logger.warning("resumed WEIGHTS ONLY from %s (no trainer_state file beside it): optimizer, scaler and "
                            "data order start fresh at epoch %d", target.weights, self.start_epoch)
             return
-        state = torch.load(target.trainer_state, map_location="cpu", weights_only=True)
+        state = read_weights(target.trainer_state, "a trainer state", RESUME_KEY)
         self._check_resumable(state, target)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:

@@ -134,8 +134,8 @@ def test_torch_load_weights_formats(tmp_path: Path) -> None:
 
 
 def test_torch_load_weights_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nope\.pth: no such file; it should hold EVA weights"):
-        torch_load_weights(tmp_path / "nope.pth", what="EVA weights")
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth \(set by model\.vit_ckpt\) does not exist.*expected EVA"):
+        torch_load_weights(tmp_path / "nope.pth", what="EVA weights", key="model.vit_ckpt")
     with pytest.raises(IsADirectoryError, match="is a folder"):
         torch_load_weights(tmp_path)
     (tmp_path / "text.pth").write_text("not weights")
@@ -148,3 +148,22 @@ def test_torch_load_weights_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x00\x01garbage")
     with pytest.raises(WeightsFileError, match="not a readable safetensors file"):
         torch_load_weights(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("truncated", r"ckpt\.pth \(set by model\.ckpt\) is truncated or damaged \(\d+ bytes; its zip archive is "
+                  r"incomplete\)"),
+    ("empty", r"ckpt\.pth \(set by model\.ckpt\) is empty \(0 bytes\)"),
+    ("garbage", r"ckpt\.pth \(set by model\.ckpt\) is not a PyTorch weights file"),
+    ("legacy_truncated", r"ckpt\.pth \(set by model\.ckpt\) is truncated \(\d+ bytes; an old-format torch file"),
+])
+def test_damaged_file_is_one_line_naming_file_fault_and_key(tmp_path: Path, fault: str, expected: str) -> None:
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": {"w": torch.randn(64, 64)}}, path, _use_new_zipfile_serialization=fault != "legacy_truncated")
+    data = path.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": bytes(range(256)) * 8,
+               "legacy_truncated": data[: len(data) // 2]}[fault]
+    path.write_bytes(damaged)
+    with pytest.raises(WeightsFileError, match=expected) as info:
+        torch_load_weights(path, what="a checkpoint", key="model.ckpt")
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
