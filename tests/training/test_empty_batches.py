@@ -7,6 +7,9 @@ collated by the real :func:`collate_samples`, so the batch shrinks or comes out 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
@@ -64,3 +67,22 @@ def test_no_readable_image_at_all_stops_with_one_line(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, {"a": {"batch_size": 2}}, max_epoch=1, iters_per_epoch=250, **CONSTANT_LR)
     with pytest.raises(NoReadableImagesError, match=r"200 batches in a row had no readable image"):
         run_double(cfg, {"a": {"train": MissingImagesDataset(8, present=[])}})
+
+
+@pytest.mark.slow  # two torchrun processes: about 45 s on 2 cores
+def test_ddp_ranks_pass_over_an_iteration_together_when_one_rank_has_an_empty_batch(tmp_path: Path) -> None:
+    """2 gloo processes: rank 0's first batch is empty, rank 1's is not; both pass over iteration 0 (no hang,
+    same calls on both ranks), both train iteration 1, and the replicas stay identical."""
+    worker = Path(__file__).with_name("ddp_empty_batch_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    ranks = [json.loads((tmp_path / f"seen_{r}.json").read_text()) for r in (0, 1)]
+    order = ranks[0]["order"]
+    assert ranks[0]["seen"] == [[order[4], order[6]]] and ranks[1]["seen"] == [[order[5], order[7]]]
+    summary = json.loads(next(tmp_path.glob("*/*/summary.json")).read_text())
+    assert summary["ranks_in_sync"] is True and summary["rank_param_max_abs_diff"] == 0.0
+    assert summary["skipped_batches"] == 1 and summary["skipped_images"] == 2
+    assert summary["optimizer_steps"] == 1 and summary["samples_seen"] == 4
