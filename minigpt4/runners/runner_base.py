@@ -411,7 +411,8 @@ class RunnerBase:
             "max_epoch": int(self.run_cfg.max_epoch), "iters_per_epoch": self.iters_per_epoch,
             "epochs_done": self.global_step // self.iters_per_epoch, "global_step": self.global_step,
             "optimizer_steps": self.counters.optimizer_steps, "samples_seen": int(totals[0]),
-            "skipped_images": int(totals[1]), "nonfinite_steps": self.counters.nonfinite_steps,
+            "skipped_images": int(totals[1]), "skipped_batches": self.counters.skipped_batches,  # same on all ranks
+            "nonfinite_steps": self.counters.nonfinite_steps,
             "scaler_skipped_steps": self.counters.scaler_skipped_steps, "truncation": self._truncation(),
             "final_train_loss": self._final_train_loss(), "last_val_loss": self.last_val_loss,
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
