@@ -9,6 +9,8 @@ README ("Precision per config"); ``python tests/training/test_precision.py`` pri
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import sys
 from pathlib import Path
@@ -255,6 +257,29 @@ def test_training_step_autocast_inside_llm_and_vision_cuda(precision: str, tiny_
     expected = precision if precision != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     runner, summary, seen = _train_tiny_v2(tiny_files, tmp_path, "cuda", precision)
     _check_run(runner, summary, seen, expected)
+
+
+# ------------------------------------------------------------------------------------- benchmarks/gpu_check.py
+def _gpu_check() -> Any:
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_check_refuses_a_machine_without_cuda(capsys: pytest.CaptureFixture) -> None:
+    assert _gpu_check().main([]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_gpu_check_dry_run_reports_what_the_hooks_saw(facegpt_data_env: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.json"
+    assert _gpu_check().main(["--device", "cpu", "--precisions", "fp16", "--steps", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert (row["llm_autocast"], row["vision_autocast"], row["grad_scaler"]) == ("fp16", "fp16", True)
+    assert (row["llm_storage"], row["vision_storage"]) == ("float16", "float16")
 
 
 if __name__ == "__main__":
