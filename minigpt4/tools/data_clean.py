@@ -111,6 +111,18 @@ _CAVEAT = re.compile(r"\b(?:accurate|accurately|accuracy|reliable|reliably|certa
                      r"subjective|stereotyp\w*|assumptions?|in-person|in person|dermatologists?|professionals?|"
                      r"qualified|medical|clinical|complex|personal|identity|self-identif\w*|social construct|"
                      r"sensitive|privacy|private|appearance)\b")
+#: words and stems of which every disclaimer rule needs one (a superset, checked cheaply: a sentence with none is
+#: content); the caveat words are in it because concessions and caveat openers need one
+_HINT_WORDS = frozenset((
+    "not no never cannot unable sorry unfortunately difficult hard challenging tricky tough rather prefer refrain "
+    "decline pass uncertain subjective unfair presumptuous misleading guesswork limited irresponsible accurate "
+    "accurately accuracy reliable reliably certain certainty definitive definitively precise precisely exact exactly "
+    "estimate approximation assumption assumptions dermatologist dermatologists professional professionals "
+    "qualified medical clinical complex personal identity sensitive privacy private appearance").split())
+_HINT_STEMS = ("n't", "impossib", "inappropriat", "infeasib", "apolog", "as an ai", "as a language model",
+               "as an artificial", "speculat", "unreliab", "inaccura", "stereotyp", "self-identif", "in-person",
+               "in person", "social construct")
+_WORD = re.compile(r"[a-z]+")
 _CAVEAT_OPENER = re.compile(r"^(?:please note|note that|keep in mind|please keep in mind|bear in mind|please bear "
                             r"in mind|it's (?:important|worth) (?:to )?(?:note|noting|remember)|it is (?:important|"
                             r"worth) (?:to )?(?:note|noting|remember)|remember that|please remember|please be aware)")
@@ -131,7 +143,8 @@ _CONCESSIVE_LEAD = re.compile(r"^[,;]?\s*(?:but|though|although|even though|whil
 _SUBORDINATE = re.compile(r"^(?:while|although|though|even though|even if|whereas|since|because|as|given that|"
                           r"despite|without)\b")
 _CONCESSIVE = re.compile(r"^(?:while|although|though|even though|even if|whereas)\b")
-_SENTENCE = re.compile(r"(?<=[.!?])[\"')]?\s+(?=[\"'(]?[A-Z0-9])")
+#: between sentences: after an end mark (and a closing quote) before a capital, or a line break
+_SENTENCE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]?[A-Z0-9])|\s*\n\s*")
 _END = re.compile(r"[.!?]+[\"')]*$")
 
 
@@ -253,22 +266,46 @@ def _is_commentary(sentence: str) -> bool:
     return bool(_CAVEAT_OPENER.match(s) and _CAVEAT.search(s)) or _is_caveat(sentence)
 
 
+def _hinted(normed: str) -> bool:
+    """Whether a normalised sentence holds a word that some disclaimer rule needs."""
+    return any(stem in normed for stem in _HINT_STEMS) or not _HINT_WORDS.isdisjoint(_WORD.findall(normed))
+
+
+def _has_disclaimer(sentence: str) -> bool:
+    """Whether a sentence holds a disclaimer, a hedge or a caveat opener (the prefilter skips most sentences)."""
+    s = _norm(sentence)
+    if not _hinted(s):
+        return False
+    return bool(_CAVEAT_OPENER.match(s.strip()) and _CAVEAT.search(s)) or _clean_sentence(sentence)[0]
+
+
+def _sentences(text: str) -> List[Tuple[str, str]]:
+    """``[(separator after it, sentence), ...]`` of a stripped answer."""
+    out, start = [], 0
+    for m in _SENTENCE.finditer(text):
+        out.append((m.group(0), text[start:m.start()]))
+        start = m.end()
+    out.append(("", text[start:]))
+    return [(sep, s) for sep, s in out if s.strip()]
+
+
 def classify_answer(text: str) -> Tuple[str, str]:
     """``("ok" | "stripped" | "refusal", text to keep)`` for one assistant answer."""
-    sentences = [s for s in _SENTENCE.split(text.strip()) if s.strip()]
-    cleaned = [_clean_sentence(s) for s in sentences]
-    caveats = [bool(_CAVEAT_OPENER.match(_norm(s).strip()) and _CAVEAT.search(_norm(s))) for s in sentences]
-    if not any(had for had, _ in cleaned) and not any(caveats):
-        return "ok", text
+    sentences = _sentences(text.strip())
+    if not any(_has_disclaimer(s) for _, s in sentences):
+        return "ok", text  # kept byte for byte
+    cleaned = [_clean_sentence(s) for _, s in sentences]
     kept: List[str] = []
-    dropped_before = False
-    for sentence, (had, rest) in zip(sentences, cleaned):
+    seps: List[str] = []  # the breaks since the last kept sentence; the widest one joins (paragraphs stay)
+    for (after, sentence), (had, rest) in zip(sentences, cleaned):
         if not rest or (not had and _is_commentary(sentence)):
-            dropped_before = True
+            seps.append(after)
             continue
-        kept.append(_tidy(rest) if dropped_before or rest != sentence else rest)
-        dropped_before = False
-    rest = " ".join(kept)
+        dropped_before = len(seps) > 1 or not kept and bool(seps)
+        sep = max(seps, key=lambda x: x.count("\n")) if seps else ""
+        kept.append((sep if kept else "") + (_tidy(rest) if dropped_before or rest != sentence else rest))
+        seps = [after]
+    rest = "".join(kept)
     if len(rest.split()) >= MIN_KEPT_WORDS:
         return "stripped", rest
     return "refusal", ""
