@@ -35,8 +35,6 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from minigpt4.common.errors import UserError
-
 #: Both sides of a drafted JPEG stay at least this many times the target size.
 DRAFT_FACTOR = 1.0
 
@@ -54,8 +52,10 @@ class ImageOpenError(OSError):
     """An image file is missing or cannot be decoded; the message names the file and the cause."""
 
 
-class ImagePathError(ImageOpenError, UserError, ValueError):
-    """A record's image path lands outside its image root (absolute elsewhere, or ``..`` climbing out)."""
+class ImagePathError(ImageOpenError, ValueError):
+    """A record's image path lands outside its image root (absolute elsewhere, or ``..`` climbing out).
+
+    A ``ValueError`` of the package, so the entry points report it as a user error (one line, exit status 2)."""
 
 
 def image_path_in_root(root: PathLike, rel: str) -> str:

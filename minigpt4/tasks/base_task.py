@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from minigpt4.common.dist_utils import all_reduce_tensor, current_device
-from minigpt4.common.errors import UserError
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import PrecisionPolicy, configure_model_precision
 from minigpt4.common.registry import registry
@@ -45,8 +44,8 @@ class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row were skipped because the loss was NaN or infinite."""
 
 
-class NoReadableImagesError(UserError, RuntimeError):
-    """``max_empty_batches`` batches in a row held no readable image."""
+class NoReadableImagesError(ValueError):
+    """``max_empty_batches`` batches in a row held no readable image (a data fault: reported as a user error)."""
 
 
 @dataclass

