@@ -24,21 +24,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Load the config, train, and return 0 (completed), 1 (stopped by non-finite losses) or 2 (bad config)."""
+    """Train; returns 0 (completed), 1 (stopped by non-finite losses; a programming error raises with its
+    traceback) or 2 (a fault in the config or the data: one line on stderr, from rank 0 under torchrun)."""
+    from minigpt4.common.errors import run_main
+
+    return run_main(_train, argv, prog="train.py")
+
+
+def _train(argv: Optional[List[str]]) -> int:
+    """Load the config and train; user errors (config, data) propagate to :func:`main`'s handler."""
     args = parse_args(argv)
     import minigpt4  # noqa: F401  (registers builders, models, processors, tasks, runners, schedulers)
-    from minigpt4.common.config import ConfigError, load_config
+    from minigpt4.common.config import load_config
     from minigpt4.common.logger import get_logger, setup_logging
     from minigpt4.runners.launch import run_training
     from minigpt4.tasks.base_task import NonFiniteLossError
 
     setup_logging()
     logger = get_logger("train")
-    try:
-        cfg = load_config(args.cfg_path, args.options)
-    except ConfigError as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.cfg_path, args.options)
     try:
         summary = run_training(cfg)
     except NonFiniteLossError as err:

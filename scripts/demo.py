@@ -40,6 +40,13 @@ def _held_out_face(val_dataset) -> tuple[str, str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns 0, 1 (a step failed) or 2 (a fault in the options or data: one line on stderr)."""
+    from minigpt4.common.errors import run_main
+
+    return run_main(_run_demo, argv, prog="scripts/demo.py")
+
+
+def _run_demo(argv: Optional[Sequence[str]]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where data, runs and reports go")
     parser.add_argument("--n", type=int, default=600, help="synthetic images to draw")

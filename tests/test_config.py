@@ -130,6 +130,22 @@ def test_malformed_options_are_reported() -> None:
         parse_options(["run.init_lr=1", "model.lora_r", "2"])
 
 
+def test_yaml_syntax_error_in_options_names_each_bad_item() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_options(["run.init_lr=1e-4", "model.lora_target_modules=[q_proj, v_proj", "run.job_name=a: b: c"])
+    problems = err.value.problems
+    assert [p.key for p in problems] == ["'model.lora_target_modules=[q_proj, v_proj'", "'run.job_name=a: b: c'"]
+    assert problems[0].message.startswith("the value of model.lora_target_modules is not valid YAML: did not find "
+                                          "expected ',' or ']'")
+    assert problems[0].fix.startswith("model.lora_target_modules='[q_proj, v_proj' (quoted: taken as text)")
+    assert "mapping values are not allowed" in problems[1].message
+    line = err.value.one_line()
+    assert "\n" not in line and line.startswith("2 problem(s) in --options: 'model.lora_target_modules=[q_proj")
+    # the same item in upstream's alternating form
+    with pytest.raises(ConfigError, match="the value of run.job_name is not valid YAML"):
+        parse_options(["run.job_name", "{x: 1"])
+
+
 def test_misspelt_key_reports_path_value_close_match_and_fix(components: Path) -> None:
     data = _base(components)
     data["model"]["lora_alpah"] = 32

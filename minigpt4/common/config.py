@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from minigpt4.common.checkpoint_config import merge_checkpoint_model
+from minigpt4.common.errors import UserError
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import RegistryError, closest, registry
 from minigpt4.common.schema import (
@@ -75,14 +76,21 @@ class ConfigProblem:
         return text
 
 
-class ConfigError(ValueError):
-    """Every problem found in a config, listed together."""
+class ConfigError(UserError, ValueError):
+    """Every problem found in a config, listed together (a user error: exit status 2 at every entry point)."""
 
     def __init__(self, problems: List[ConfigProblem], source: str = "config") -> None:
         self.problems = problems
+        self.source = source
         lines = [f"{len(problems)} problem(s) in {source}:"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
+
+    def one_line(self) -> str:
+        """``N problem(s) in FILE: key: message (fix: --options ...); ...``"""
+        parts = [f"{p.key}: {' '.join(p.message.split())}" + (f" (fix: --options {p.fix})" if p.fix else "")
+                 for p in self.problems]
+        return f"{len(self.problems)} problem(s) in {self.source}: " + "; ".join(parts)
 
 
 def _show(value: Any) -> str:
@@ -120,10 +128,32 @@ def parse_options(options: Optional[Sequence[str]]) -> DictConfig:
                 "--options",
             )
         dotlist = [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
+    problems = [p for p in (_option_problem(item) for item in dotlist) if p is not None]
+    if problems:
+        raise ConfigError(problems, "--options")
+    return OmegaConf.from_dotlist(dotlist)
+
+
+def _option_problem(item: str) -> Optional[ConfigProblem]:
+    """Why one ``key=value`` item of ``--options`` cannot be read (its value is YAML), or None."""
+    key, _, value = item.partition("=")
     try:
-        return OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as err:
-        raise ConfigError([ConfigProblem("--options", str(err).splitlines()[0])], "--options") from err
+        OmegaConf.from_dotlist([item])
+        return None
+    except Exception as err:  # yaml.YAMLError, OmegaConf errors, ValueError of a YAML tag such as !!int
+        reason = _yaml_reason(err)
+    return ConfigProblem(repr(item), f"the value of {key} is not valid YAML: {reason}", value,
+                         f"{key}='{value}' (quoted: taken as text), or correct the YAML (close brackets and quotes)")
+
+
+def _yaml_reason(err: Exception) -> str:
+    """The useful part of a YAML parser message (its 'in <unicode string>' position lines dropped)."""
+    problem = getattr(err, "problem", None)  # yaml.MarkedYAMLError
+    if problem:
+        mark = getattr(err, "problem_mark", None)
+        return f"{problem} (at character {mark.column + 1} of the value)" if mark is not None else str(problem)
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and "<unicode string>" not in ln]
+    return "; ".join(lines[:2]) or type(err).__name__
 
 
 # ------------------------------------------------------------------------------- schema walk
@@ -183,7 +213,8 @@ class _Validator:
         default = None if f.default is dataclasses.MISSING else f.default
         effective = default if value is _ABSENT else value
         required = bool(meta.get("required")) or default == MISSING
-        if effective == MISSING or (required and _is_unset(effective)):
+        empty_list = isinstance(effective, (list, tuple)) and not effective
+        if effective == MISSING or (required and (_is_unset(effective) or empty_list)):
             what = meta.get("help") or _field_type_name(f)
             placeholder = "/path/to/..." if meta.get("path") else f"<{_field_type_name(f)}>"
             self.add(key, f"required value is not set (value {_show(effective)}); expected: {what}",
@@ -199,7 +230,20 @@ class _Validator:
         if "registry" in meta and isinstance(effective, str):
             self.check_registry(meta["registry"], effective, key)
         if meta.get("path") and self.check_paths and not _is_unset(effective):
-            self.check_path(meta["path"], str(effective), key, meta.get("help", ""))
+            self.check_path_value(meta, effective, key)
+
+    def check_path_value(self, meta: Any, value: Any, key: str) -> None:
+        """One path, or each path of a list (fields with ``many``); then the field's own ``check`` of the file."""
+        many = bool(meta.get("many")) and isinstance(value, (list, tuple))
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if many else [(key, value)]
+        fix = f"{key}=[/path/to/a.json,/path/to/b.json]" if many else f"{key}=/path/to/..."
+        for item_key, item in items:
+            if not isinstance(item, str) or _is_unset(item):
+                self.add(item_key, f"expected a path, got {_show(item)}", item, fix)
+            elif self.check_path(meta["path"], item, item_key, meta.get("help", ""), many) and meta.get("check"):
+                problem = meta["check"](str(resolve_library_path(item)))
+                if problem:  # the message says what belongs there
+                    self.add(item_key, problem, item)
 
     def check_type(self, schema: Type, f: dataclasses.Field, value: Any, key: str) -> None:
         """Let OmegaConf convert the value into the field's declared type; report what it refuses."""
@@ -216,15 +260,19 @@ class _Validator:
             hint = closest(name, registry.names(kind))
             self.add(key, str(err), name, f"{key}={hint}" if hint else None)
 
-    def check_path(self, kind: str, value: str, key: str, what: str) -> None:
+    def check_path(self, kind: str, value: str, key: str, what: str, in_list: bool = False) -> bool:
         """A path exists when it does as given (relative: to the working directory) or, like upstream's
-        ``prompts/...`` files, relative to the ``minigpt4/`` package folder."""
+        ``prompts/...`` files, relative to the ``minigpt4/`` package folder. Returns whether it does.
+        ``in_list``: ``key`` is ``name[i]``, one item of a list of paths."""
         exists = Path.is_file if kind == "file" else Path.is_dir if kind == "dir" else Path.exists
         ok = exists(resolve_library_path(value))
         if not ok:
             noun = {"file": "file", "dir": "folder"}.get(kind, "file or folder")
-            self.add(key, f"{noun} does not exist: {value}" + (f" (expected: {what})" if what else ""), value,
-                     f"{key}=/path/to/existing/{noun.split()[0]}")
+            word = noun.split()[0]
+            fix = (f"{key.split('[')[0]}=[/path/to/{word}1,/path/to/{word}2]" if in_list
+                   else f"{key}=/path/to/existing/{word}")
+            self.add(key, f"{noun} does not exist: {value}" + (f" (expected: {what})" if what else ""), value, fix)
+        return ok
 
 
 _ABSENT = object()

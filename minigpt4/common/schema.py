@@ -13,6 +13,8 @@ Field metadata used by the validator:
 
 * ``path``: ``"file"``, ``"dir"`` or ``"any"`` — the value names something on disk that must exist
   when set;
+* ``many``: the value may also be a list of such paths (each is checked);
+* ``check``: a callable ``check(path) -> problem or None`` run on each existing path (e.g. the JSON layout);
 * ``required``: an empty/unset value is an error (a ``???`` in YAML is always "unset");
 * ``choices``: the allowed values;
 * ``registry``: the value is a registry name of that kind (``"task"``, ``"lr_scheduler"``, ...);
@@ -22,14 +24,22 @@ Field metadata used by the validator:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from omegaconf import MISSING
 
 
-def path_field(default: Any = "", kind: str = "any", required: bool = False, help: str = "") -> Any:
-    """A config field that names a file or folder."""
-    return field(default=default, metadata={"path": kind, "required": required, "help": help})
+def path_field(default: Any = "", kind: str = "any", required: bool = False, help: str = "", many: bool = False,
+               check: Optional[Callable[[str], Optional[str]]] = None) -> Any:
+    """A config field that names a file or folder (``many``: or a list of them).
+
+    ``check(path)`` runs on each existing path when the config is loaded and returns a problem (or None), e.g.
+    "holds a JSON list, this dataset reads a JSON object".
+    """
+    meta: Dict[str, Any] = {"path": kind, "required": required, "help": help, "many": many}
+    if check is not None:
+        meta["check"] = check
+    return field(default=default, metadata=meta)
 
 
 def choice_field(default: Any, choices: List[Any], help: str = "") -> Any:

@@ -10,6 +10,17 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
 from minigpt4.common.schema import DatasetConfig, choice_field, path_field
+from minigpt4.datasets.json_stream import ARRAY_FIX, SECTIONS_FIX, layout_problem
+
+
+def json_list_file(path: str) -> Optional[str]:
+    """Config-time check of a ShareGPT annotation file: a JSON list of records."""
+    return layout_problem(path, "array", ARRAY_FIX)
+
+
+def json_sections_file(path: str) -> Optional[str]:
+    """Config-time check of a FaceGPT4Vision annotation file: a JSON object of sections."""
+    return layout_problem(path, "object", SECTIONS_FIX)
 
 
 @dataclass
@@ -60,8 +71,9 @@ class ShareGPTBuildInfo:
     """Where ShareGPT_Face reads from."""
 
     image_path: str = path_field("", "dir", required=True, help="image root the records' 'image' paths are under")
-    # one JSON list (upstream's key) or a list of them, read in order; checked by the builder
-    ann_path: Any = field(default="", metadata={"help": "ShareGPT4V/LLaVA JSON list file(s)", "required": True})
+    # one JSON list (upstream's key) or a list of them, read in order
+    ann_path: Any = path_field("", "file", required=True, many=True, check=json_list_file,
+                               help="ShareGPT4V/LLaVA JSON list file(s)")
 
 
 @dataclass
@@ -76,7 +88,8 @@ class FaceGPT4VisionBuildInfo:
     """Where FaceGPT4Vision reads from."""
 
     image_path: str = path_field("", "dir", required=True, help="image root the records' 'image' paths are under")
-    ann_path: str = path_field("", "file", required=True, help="JSON object: section name -> list of records")
+    ann_path: str = path_field("", "file", required=True, check=json_sections_file,
+                               help="JSON object: section name -> list of records")
 
 
 @dataclass

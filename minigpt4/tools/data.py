@@ -1,7 +1,9 @@
 """``python -m minigpt4.tools.data <command>`` (console script ``facegpt-data``): FaceGPT's data tools.
 
 Commands: ``stats``, ``clean``, ``validate``, ``split``, ``synth``; ``--help`` on each lists its flags.
-Exit status: 0 on success, 1 when ``validate`` finds problems, 2 on usage errors.
+Exit status: 0 on success, 1 when ``validate`` finds problems (or a programming error, with its traceback), 2 on
+bad input (a missing file, a malformed annotation file in ``stats``/``clean``/``split``): one line on stderr,
+``facegpt-data <command>: <what, where, fix>``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import time
 from typing import List, Optional
 
+from minigpt4.common.errors import run_main
 from minigpt4.tools.data_common import discover
 
 
@@ -23,8 +26,17 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list:
+    """The annotation files named by ``--root`` and/or FILES; a missing one is a usage error (exit status 2)."""
     if not args.root and not args.files:
         raise SystemExit("give --root DIR or one or more annotation files")
+    if args.root and not os.path.isdir(args.root):
+        raise SystemExit(f"--root {args.root}: folder does not exist (expected the data root holding "
+                         "ShareGPTData/ and GPT4VisionData/)")
+    missing = [f for f in args.files if not os.path.isfile(f)]
+    if missing:
+        raise SystemExit(f"annotation file(s) not found: {', '.join(missing)}")
+    if args.image_root and not os.path.isdir(args.image_root):
+        raise SystemExit(f"--image-root {args.image_root}: folder does not exist")
     return discover(args.root, args.files, args.image_root)
 
 
@@ -139,15 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run one data command; returns the exit status."""
+    """Run one data command; returns the exit status (2, with one line on stderr, for bad input)."""
+    return run_main(_run_command, argv, prog="facegpt-data")
+
+
+def _run_command(argv: Optional[List[str]]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SystemExit as err:
-        if isinstance(err.code, str):
-            print(f"facegpt-data {args.command}: {err.code}", file=sys.stderr)
-            return 2
-        raise
+    return run_main(lambda _: args.func(args), None, prog=f"facegpt-data {args.command}")
 
 
 if __name__ == "__main__":

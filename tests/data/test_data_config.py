@@ -56,3 +56,40 @@ def test_loader_reports_schema_problems_of_face_datasets(tmp_path) -> None:
     assert "is not one of ['error', 'skip']" in keys["datasets.facegpt4vision.on_error"]
     assert "Did you mean 'duplicate_images'?" in keys["datasets.facegpt4vision.duplicate_image"]
     assert "folder does not exist" in keys["datasets.facegpt4vision.build_info.image_path"]
+
+
+def test_annotation_files_are_checked_when_the_config_loads(data_root, tmp_path) -> None:
+    """A missing annotation file (each item of a list is checked) and a file of the wrong JSON layout are config
+    problems, listed with the others before any dataset is built."""
+    missing = tmp_path / "nope.json"
+    path = _user_yaml(tmp_path, {
+        "sharegpt_face": {"build_info": {"image_path": str(data_root["share_images"]),
+                                         "ann_path": [str(data_root["share_ann"]), str(missing)]}},
+        "facegpt4vision": {"build_info": {"image_path": str(data_root["gpt_images"]),
+                                          "ann_path": str(data_root["share_ann"])}},  # a list, not sections
+    })
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = {p.key: p for p in err.value.problems}
+    assert set(problems) == {"datasets.sharegpt_face.build_info.ann_path[1]",
+                             "datasets.facegpt4vision.build_info.ann_path"}
+    absent = problems["datasets.sharegpt_face.build_info.ann_path[1]"]
+    assert absent.message.startswith(f"file does not exist: {missing}")
+    assert absent.fix == "datasets.sharegpt_face.build_info.ann_path=[/path/to/file1,/path/to/file2]"
+    layout = problems["datasets.facegpt4vision.build_info.ann_path"].message
+    assert layout.startswith(f"{data_root['share_ann']} holds a JSON list, but a JSON object is expected here")
+    assert "invalid JSON" not in layout and "sharegpt_face" in layout
+    one_line = err.value.one_line()
+    assert "\n" not in one_line and one_line.startswith(f"2 problem(s) in {path}: datasets.")
+
+
+def test_sharegpt_file_of_sections_and_empty_file_list_are_config_problems(data_root, tmp_path) -> None:
+    path = _user_yaml(tmp_path, {
+        "sharegpt_face": {"build_info": {"image_path": str(data_root["share_images"]),
+                                         "ann_path": str(data_root["gpt_ann"])}}})
+    with pytest.raises(ConfigError, match=r"ann_path: .*sections_good.json holds a JSON object, but a JSON list"):
+        load_config(path)
+    path = _user_yaml(tmp_path, {"sharegpt_face": {"build_info": {"image_path": str(data_root["share_images"]),
+                                                                  "ann_path": []}}})
+    with pytest.raises(ConfigError, match=r"datasets.sharegpt_face.build_info.ann_path: required value is not set"):
+        load_config(path)
