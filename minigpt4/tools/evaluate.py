@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from minigpt4.common.errors import entry_point
 from minigpt4.common.logger import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -155,9 +156,11 @@ def evaluate_closed_set(model: Any, dataset: Any, *, max_candidates: int = 8, ba
     return report
 
 
+@entry_point("python -m minigpt4.tools.evaluate")
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line front end: build the model and a dataset split from a config, print the table."""
-    from minigpt4.common.config import ConfigError, add_config_args, load_config
+    """Command-line front end: build the model and a dataset split from a config, print the table.
+    Exit status 2 with one line on stderr for a fault in the config or the data."""
+    from minigpt4.common.config import add_config_args, load_config
     from minigpt4.common.registry import registry
 
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
@@ -170,11 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        cfg = load_config(args.cfg_path, args.options)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config(args.cfg_path, args.options)
     if args.dataset not in cfg.datasets:
         print(f"--dataset {args.dataset!r} is not in the config's datasets: {list(cfg.datasets)}", file=sys.stderr)
         return 2
