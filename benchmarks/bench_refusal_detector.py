@@ -24,16 +24,16 @@ DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardi
 
 
 def load_labelled(path: str) -> List[Dict[str, Any]]:
-    """The labelled examples of ``path`` (a JSON list); one clear line when the file is not one."""
+    """The labelled examples of ``path`` (a JSON list); ValueError with one clear line when it is not one."""
     try:
         with open(path, encoding="utf-8") as fp:
             data = json.load(fp)
     except OSError as exc:
-        raise SystemExit(f"{path}: cannot read the labelled set ({exc.strerror}); pass an existing file to --file")
+        raise ValueError(f"{path}: cannot read the labelled set ({exc.strerror}); pass an existing file to --file")
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})")
+        raise ValueError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})")
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
-        raise SystemExit(f"{path}: expected a JSON list of labelled examples (objects with 'answer' and 'label')")
+        raise ValueError(f"{path}: expected a JSON list of labelled examples (objects with 'answer' and 'label')")
     return data
 
 
@@ -48,13 +48,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--errors", action="store_true", help="also print every misclassified or mis-cleaned answer")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     args = parser.parse_args(argv)
-    examples = load_labelled(args.file)
     try:
+        examples = load_labelled(args.file)
         splits = {name: score_labelled([e for e in examples if e.get("split", "all") == name])
                   for name in dict.fromkeys(e.get("split", "all") for e in examples)}
         total = score_labelled(examples)
     except ValueError as exc:
-        raise SystemExit(f"{args.file}: {exc}")
+        message = str(exc)
+        print(message if message.startswith(args.file) else f"{args.file}: {message}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"splits": splits, "all": total}, indent=1, ensure_ascii=False))
         return 0

@@ -61,7 +61,8 @@ _JUDGE = (r"(?:determine|identify|assess|tell|know|infer|speculate|assume|guess|
           r"help(?: with| you|(?=\s*(?:[.!,;]|$)))|draw (?:any |such )?conclusions?|"
           r"make (?:any )?(?:assumptions|judg(?:e)?ments|determinations|inferences|guesses|claims|conclusions|"
           r"a (?:determination|judg(?:e)?ment|guess))|"
-          r"be (?:\w+ly )?(?:certain|sure|definitive|accurate|precise)|read (?:minds|thoughts|emotions|feelings|people)|"
+          r"be (?:\w+ly )?(?:certain|sure|definitive|accurate|precise)|"
+          r"read (?:minds|thoughts|emotions|feelings|people)|"
           r"do (?:that|this|it|so)|do(?=\s*(?:[.!,;]|$)))\b")
 #: an inability, impropriety or unwillingness of the answerer (or of anyone) to judge
 _NEG = (r"(?:can't|cannot|can not|couldn't|could not|unable to|not able to|won't be able to|not in a position to|"
@@ -75,9 +76,10 @@ _PARTICIPLE = (r"(?:determined|identified|assessed|known|inferred|judged|measure
                r"deduced|confirmed|classified|estimated|told|assumed|discerned)")
 #: what a judgement "would be": not reliable, speculative, unfair ...
 _LIMIT_ADJ = (r"(?:(?:is|are|would be|will be)\s+not|isn't|aren't|wouldn't be|cannot be|can't be)\s+(?:\w+ly\s+)?"
-              r"(?:reliable|possible|accurate|appropriate|feasible|fair)|(?:is|are|would be|will be|can be|could be|is too|"
-              r"would only be|remains?)\s+(?:\w+ly\s+)?(?:speculative|impossible|difficult|hard|challenging|tough|"
-              r"unreliable|inaccurate|inappropriate|subjective|unfair|presumptuous|misleading|guesswork|limited)")
+              r"(?:reliable|possible|accurate|appropriate|feasible|fair)|"
+              r"(?:is|are|would be|will be|can be|could be|is too|would only be|remains?)\s+(?:\w+ly\s+)?"
+              r"(?:speculative|impossible|difficult|hard|challenging|tough|unreliable|inaccurate|inappropriate|"
+              r"subjective|unfair|presumptuous|misleading|guesswork|limited)")
 #: the act of judging as the subject of a clause: "determining X ...", "any conclusion about X ..."
 _JUDGING = (r"(?:(?:^|(?<=, ))\w+ing|(?:any|such|an?|the|this|that|my) "
             r"(?:\w+ )?(?:conclusions?|guess(?:es)?|assumptions?|judg(?:e)?ments?|interpretations?|inferences?|"
@@ -131,7 +133,8 @@ _REFERENT = re.compile(r"\b(?:he|she|they|him|her|them|his|hers|their|theirs|him
                        r"toddler|baby|adults?|teen|teenager|image|photo|photograph|picture|portrait|faces?|subject)\b")
 _OFFER = re.compile(r"^(?:i can(?: however,?)? (?:describe|tell|provide|offer|give|share|help|assist|say|comment|"
                     r"talk)\b|i(?:'d| would) (?:be )?(?:happy|glad) to|i(?:'m| am) (?:happy|glad) to|let me\b|"
-                    r"here(?: is|'s| are)\b|if you\b|feel free|(?:please )?let me know|what i can\b|thank you|thanks\b)")
+                    r"here(?: is|'s| are)\b|if you\b|feel free|(?:please )?let me know|what i can\b|thank you|"
+                    r"thanks\b)")
 _LEAD_IN = re.compile(r"^(?:what )?i can (?:tell you|say|confirm|see|note|observe|describe)(?: is)? that\s+")
 _CONNECTIVE = re.compile(r"^(?:(?:however|nevertheless|nonetheless|still|instead|regardless|anyway|that said|"
                          r"that being said|having said that|with that said|even so|in any case|though|although)\s*,\s*|"
@@ -146,15 +149,16 @@ _CONCESSIVE = re.compile(r"^(?:while|although|though|even though|even if|whereas
 #: between sentences: after an end mark (and a closing quote) before a capital, or a line break
 _SENTENCE = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]?[A-Z0-9])|\s*\n\s*")
 _END = re.compile(r"[.!?]+[\"')]*$")
-
-
+#: text in quotes (someone else's words: a sign that reads 'I cannot tell a lie'); apostrophes inside words stay
 _QUOTED = re.compile(r"(?<!\w)'(?:[^']|'(?=\w))*'(?!\w)|\"[^\"]*\"|\u201c[^\u201d]*\u201d")
 
 
 def _norm(text: str) -> str:
     """Lower-case, straight apostrophes, quoted text blanked ("her shirt reads 'I cannot tell a lie'" quotes
     nobody's refusal); the same length as ``text``, so offsets carry over."""
-    s = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'").lower()
+    s = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'")
+    lowered = s.lower()
+    s = lowered if len(lowered) == len(s) else "".join(c.lower() if len(c.lower()) == 1 else c for c in s)
     return _QUOTED.sub(lambda m: m.group(0)[0] + "q" * (len(m.group(0)) - 2) + m.group(0)[-1], s)
 
 
@@ -188,65 +192,83 @@ def _clause_comma(body: str) -> Optional[int]:
     return None
 
 
-def _segment_kind(lead: str, body: str) -> Tuple[str, str]:
-    """``(kind, text kept)`` for one segment; kind ∈ disclaimer, hedged (intro cut off), offer, content."""
-    s = _norm(body)
-    bare = _strip_connective(s.strip())
+def _segment_kind(lead: str, body: str) -> Tuple[str, int]:
+    """``(kind, offset in body where the kept text starts)`` for one normalised segment.
+
+    kind ∈ disclaimer, hedged (a hedge intro cut off), offer, content; a dropped segment keeps nothing (-1).
+    """
+    bare = _strip_connective(body.strip())
     if _APOLOGY.match(bare):
-        return "disclaimer", ""
+        return "disclaimer", -1
     if is_disclaimer(body):
-        sub = _SUBORDINATE.match(s.strip()) or _SUBORDINATE.match(bare)
+        sub = _SUBORDINATE.match(body.strip()) or _SUBORDINATE.match(bare)
         comma = _clause_comma(body) if sub else None
         if comma is not None and not is_disclaimer(body[comma + 1:]) and is_disclaimer(body[:comma]):
-            return "hedged", _after_lead_in(body[comma + 1:].lstrip(" ,"))  # only the hedge intro goes
-        return "disclaimer", ""
+            return "hedged", _after_lead_in(body, _skip(body, comma + 1))  # only the hedge intro goes
+        return "disclaimer", -1
     if _CONCESSIVE.match(bare):
         comma = _clause_comma(body)
         if comma is not None and _is_caveat(body[:comma]):
-            return "hedged", body[comma + 1:].lstrip(" ,")
-    if lead and _CONCESSIVE_LEAD.match(_norm(lead).strip()) and _is_caveat(body):
-        return "disclaimer", ""  # a trailing ", though an accurate assessment needs ..."
+            return "hedged", _skip(body, comma + 1)
+    if lead and _CONCESSIVE_LEAD.match(lead.strip()) and _is_caveat(body):
+        return "disclaimer", -1  # a trailing ", though an accurate assessment needs ..."
     if _LEAD_IN.match(bare):
-        return "content", _after_lead_in(body)
+        return "content", _after_lead_in(body, 0)
     if _OFFER.match(bare):
-        return "offer", ""
-    return "content", body
+        return "offer", -1
+    return "content", 0
 
 
-def _after_lead_in(body: str) -> str:
-    """``body`` without a leading connective + "I can tell you that" (the answer that follows stays)."""
-    bare = _strip_connective(_norm(body).strip())
+def _skip(text: str, at: int) -> int:
+    """``at`` moved past spaces and commas."""
+    while at < len(text) and text[at] in " ,":
+        at += 1
+    return at
+
+
+def _after_lead_in(body: str, at: int) -> int:
+    """Offset past a connective + "I can tell you that" starting at ``at`` (the answer after it stays)."""
+    rest = body[at:]
+    bare = _strip_connective(rest.strip())
     lead_in = _LEAD_IN.match(bare)
-    return body[len(body) - len(bare) + lead_in.end():] if lead_in else body
+    return at + len(rest) - len(bare) + lead_in.end() if lead_in else at
 
 
-def _segments(core: str) -> List[Tuple[str, str]]:
-    """``[(lead, body), ...]`` whose concatenation is ``core``; the first lead is empty."""
-    out, start, lead = [], 0, ""
+def _segments(core: str) -> List[Tuple[int, int, int]]:
+    """``[(lead start, body start, body end), ...]`` covering ``core``; the first lead is empty."""
+    out, lead, start = [], 0, 0
     for m in _BOUNDARY.finditer(core):
         if m.start() == 0 or m.end() == len(core):
             continue
-        out.append((lead, core[start:m.start()]))
-        lead, start = m.group(0), m.end()
-    out.append((lead, core[start:]))
+        out.append((lead, start, m.start()))
+        lead, start = m.start(), m.end()
+    out.append((lead, start, len(core)))
     return out
 
 
 def _clean_sentence(sentence: str) -> Tuple[bool, str]:
-    """``(had a disclaimer, what is left)`` for one sentence (kept verbatim when nothing goes)."""
-    end = _END.search(sentence)
-    core, mark = (sentence[:end.start()], end.group(0)) if end else (sentence, "")
-    parts = [(lead, body, *_segment_kind(lead, body)) for lead, body in _segments(core)]
-    had = any(kind in ("disclaimer", "hedged") for _, _, kind, _ in parts)
-    if had:  # beside a disclaimer, a clause on accuracy or sensitivity in general is commentary
-        parts = [(lead, body, "commentary" if kind == "content" and _is_caveat(body) else kind, kept)
-                 for lead, body, kind, kept in parts]
-    if all(kind == "content" and kept == body for _, body, kind, kept in parts):
+    """``(had a disclaimer, what is left)`` for one sentence (kept verbatim when nothing goes).
+
+    Rules read the normalised sentence (quotes blanked before the end mark is cut, so a quoted "Sorry." stays
+    quoted); the kept text is cut from the original at the same offsets.
+    """
+    normed = _norm(sentence)
+    end = _END.search(normed)
+    stop, mark = (end.start(), sentence[end.start():]) if end else (len(sentence), "")
+    parts = []
+    for lead, start, stop_ in _segments(normed[:stop]):
+        kind, at = _segment_kind(normed[lead:start], normed[start:stop_])
+        if kind == "content" and at == 0 and _is_caveat(normed[start:stop_]):
+            kind = "content?"  # commentary if the sentence holds a disclaimer
+        parts.append((lead, start, stop_, kind, at))
+    had = any(kind in ("disclaimer", "hedged") for *_, kind, _ in parts)
+    keep = ("content", "hedged") + (() if had else ("content?",))
+    if all(kind in ("content", "content?") and at == 0 for *_, kind, at in parts) and not had:
         return had, sentence
     kept: List[str] = []
-    for lead, _, kind, text in parts:
-        if kind in ("content", "hedged") and text.strip():
-            kept.append(text if not kept else lead + text)
+    for lead, start, stop_, kind, at in parts:
+        if kind in keep and sentence[start + at:stop_].strip():
+            kept.append(sentence[start + at:stop_] if not kept else sentence[lead:start] + sentence[start + at:stop_])
     if not kept:
         return had, ""
     return had, _tidy("".join(kept).rstrip(" ,;:") + (mark or "."))
