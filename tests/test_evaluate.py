@@ -77,3 +77,17 @@ def test_accuracy_is_the_share_of_lowest_loss_picks_with_chance_and_majority(tin
     assert "Expr" in report.table() and "open-ended" in report.table()
     limited = evaluate_closed_set(tiny_v2, _Items(items), max_candidates=2, max_per_section=1)
     assert limited.sections[0].n == 1
+
+
+def test_candidate_losses_run_under_the_precision_policy_given(tiny_v2: Any) -> None:
+    from minigpt4.common.precision import PrecisionPolicy
+
+    seen: List[bool] = []
+    hook = tiny_v2.llama_model.register_forward_pre_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    images = _image(0, tiny_v2.cfg.image_size)[None]
+    try:
+        candidate_losses(tiny_v2, images, [Q], ["Happy."])
+        candidate_losses(tiny_v2, images, [Q], ["Happy."], precision=PrecisionPolicy("bf16", "cpu"))
+    finally:
+        hook.remove()
+    assert seen == [False, True]  # fp32 by default; the policy's autocast when given (the model opens none)

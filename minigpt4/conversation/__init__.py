@@ -1,25 +1,21 @@
-"""Conversation templates and the chat engine used by both command-line demos."""
+"""Conversations (the model's prompt format, upstream's chat templates) and the chat engine of the demos."""
 
 from minigpt4.conversation.chat import AnswerStream, Chat, ContextTooLongError, PendingImage, Reply
 from minigpt4.conversation.conversation import (
-    CONV_CHAT_TEMPLATE,
     CONV_VISION_LLama2,
     CONV_VISION_minigptv2,
     CONV_VISION_Vicuna0,
-    IMAGE_PLACEHOLDER,
     TEMPLATES,
-    ChatTemplateConversation,
     Conversation,
+    FormatConversation,
     SeparatorStyle,
     TemplateError,
-    template_for,
-    template_name_for,
+    upstream_template,
 )
 from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError
 
 __all__ = [
-    "AnswerCleaner", "AnswerStream", "CONV_CHAT_TEMPLATE", "CONV_VISION_LLama2", "CONV_VISION_Vicuna0",
-    "CONV_VISION_minigptv2", "Chat", "ChatTemplateConversation", "ContextTooLongError", "Conversation",
-    "GenerationSettings", "IMAGE_PLACEHOLDER", "PendingImage", "Reply", "SeparatorStyle", "SettingsError",
-    "TEMPLATES", "TemplateError", "template_for", "template_name_for",
+    "AnswerCleaner", "AnswerStream", "CONV_VISION_LLama2", "CONV_VISION_Vicuna0", "CONV_VISION_minigptv2", "Chat",
+    "ContextTooLongError", "Conversation", "FormatConversation", "GenerationSettings", "PendingImage", "Reply",
+    "SeparatorStyle", "SettingsError", "TEMPLATES", "TemplateError", "upstream_template",
 ]

@@ -2,15 +2,17 @@
 
 Typical use::
 
-    chat = Chat(model, vis_processor, device="cuda:0", template=template_for(cfg.model, model.llama_tokenizer))
-    conv, img_list = chat.new_conversation(), []
+    chat = Chat(model, vis_processor, device="cuda:0", precision=policy_from_run_config(cfg.run, device))
+    conv, img_list = chat.new_conversation(), []     # in the model's prompt format
     chat.upload_img("face.jpg", conv, img_list)     # opens the image now (clear error if it is not one)
     chat.encode_img(img_list)                         # once; later turns reuse the embeddings
     chat.ask("How old is this person?", conv)
     text, ids = chat.answer(conv, img_list)           # or: for piece in chat.stream_answer(conv, img_list): ...
 
-The engine renders the conversation with its template, lets the model splice the image embeddings
-(``model.get_context_emb``), generates with ``model.generate_from_embeds`` and stops on ``model.stop_sequences()``.
+The engine renders the conversation with the model's prompt format (or an upstream chat template chosen by name),
+encodes it with the model's sample encoder (the same token ids training uses), lets the model write the image
+embeddings into the image slots (``model.context_embeds``), generates with ``model.generate_from_embeds`` and stops
+on ``model.stop_sequences()``. Image encoding and generation run under the ``precision`` policy (fp32 by default).
 When the prompt does not fit ``max_length - max_new_tokens``, the oldest turns without an image are left out of
 the prompt (the transcript keeps them) and the reply says how many.
 """
@@ -28,9 +30,11 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 from minigpt4.common.logger import get_logger
-from minigpt4.conversation.conversation import IMAGE_PLACEHOLDER, IMAGE_TOKEN, Conversation, template_for
+from minigpt4.common.precision import PrecisionPolicy
+from minigpt4.conversation.conversation import Conversation, FormatConversation
 from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings
 from minigpt4.processors.image_io import open_image
+from minigpt4.prompting import IMAGE_HERE, IMAGE_PROMPT
 
 logger = get_logger(__name__)
 
@@ -96,32 +100,35 @@ class Chat:
     """Upload an image, encode it once, ask, answer (whole or streamed), with multi-turn history.
 
     Args:
-        model: a FaceGPT model (``encode_img``, ``get_context_emb``, ``generate_from_embeds``, ``stop_sequences``,
-            ``llama_tokenizer``).
+        model: a FaceGPT model (``encode_img``, ``prompt_format``, ``sample_encoder``, ``context_embeds``,
+            ``generate_from_embeds``, ``stop_sequences``, ``llama_tokenizer``).
         vis_processor: the eval image processor (PIL image → ``[3,S,S]``), from the model config's ``preprocess``.
         device: where images are sent (the model must already be there).
-        template: the conversation template; None = chosen from ``model.cfg`` by
-            :func:`~minigpt4.conversation.conversation.template_for`.
+        template: the conversation template; None = the model's prompt format (:class:`FormatConversation`);
+            an upstream template (``upstream_template("minigptv2")``) reproduces upstream's chat layout.
         settings: default generation settings (greedy unless changed).
+        precision: the precision policy image encoding and generation run under (the run config's, see
+            :func:`~minigpt4.common.precision.policy_from_run_config`); None = fp32 on ``device``.
     """
 
     def __init__(self, model: Any, vis_processor: Callable[[Any], torch.Tensor],
                  device: Union[str, torch.device] = "cpu", template: Optional[Conversation] = None,
-                 settings: Optional[GenerationSettings] = None) -> None:
+                 settings: Optional[GenerationSettings] = None, precision: Optional[PrecisionPolicy] = None) -> None:
         self.model = model
         self.vis_processor = vis_processor
         self.device = torch.device(device)
         self.template = template
         self.settings = settings or GenerationSettings()
+        self.precision = precision or PrecisionPolicy("fp32", self.device.type)
 
     # ------------------------------------------------------------------------ conversation
     def new_conversation(self) -> Conversation:
-        """A fresh copy of the template (by default the one :func:`template_for` picks from ``model.cfg``)."""
+        """A fresh conversation: in the model's prompt format, or a copy of the template given to the engine."""
         if self.template is None:
-            if getattr(self.model, "cfg", None) is None:
-                raise ValueError("Chat was built without a template and the model has no cfg; pass "
-                                 "template=template_for(model_cfg, tokenizer)")
-            self.template = template_for(self.model.cfg, getattr(self.model, "llama_tokenizer", None))
+            if getattr(self.model, "prompt_format", None) is None:
+                raise ValueError("Chat was built without a template and the model has no prompt_format; pass "
+                                 "template=upstream_template(name)")
+            self.template = FormatConversation.for_format(self.model.prompt_format)
         return self.template.copy()
 
     def upload_img(self, image: ImageInput, conv: Conversation, img_list: list) -> str:
@@ -141,13 +148,13 @@ class Chat:
             pending = PendingImage(image, source="<tensor>")
         else:
             raise TypeError(f"upload_img takes a path, a PIL image or a tensor, not {type(image).__name__}")
-        conv.append_message(conv.roles[0], IMAGE_PLACEHOLDER)
+        conv.append_message(conv.roles[0], IMAGE_PROMPT)
         img_list.append(pending)
         return "Received."
 
     def attach_encoded(self, embeds: torch.Tensor, conv: Conversation, img_list: list) -> None:
         """Add an already encoded image (``[1, N, H]``, e.g. kept from an earlier conversation) as a user turn."""
-        conv.append_message(conv.roles[0], IMAGE_PLACEHOLDER)
+        conv.append_message(conv.roles[0], IMAGE_PROMPT)
         img_list.append(embeds)
 
     def encode_img(self, img_list: list) -> None:
@@ -160,7 +167,7 @@ class Chat:
                 pixels = self.vis_processor(pixels)
             if pixels.dim() == 3:
                 pixels = pixels.unsqueeze(0)  # (3, S, S) -> (1, 3, S, S)
-            with torch.inference_mode():
+            with torch.inference_mode(), self.precision.autocast():
                 embeds, _ = self.model.encode_img(pixels.to(self.device))
             img_list[i] = embeds
 
@@ -203,6 +210,9 @@ class Chat:
 
     # ---------------------------------------------------------------------------- internals
     def _cleaner(self, conv: Conversation) -> AnswerCleaner:
+        if isinstance(conv, FormatConversation):  # stop texts: the decoded stop sequences (EOS, end_sym)
+            return AnswerCleaner(self.model.llama_tokenizer, self.model.stop_sequences(), [],
+                                 conv.prompt_format.role_marker)
         sep = conv.sep if conv.sep.strip() else ""
         return AnswerCleaner(self.model.llama_tokenizer, self.model.stop_sequences(), [sep], conv.roles[1])
 
@@ -230,21 +240,27 @@ class Chat:
             budget = min(budget, max_pos - settings.max_new_tokens)
         return budget
 
-    def _embed(self, conv: Conversation, img_list: list) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model.get_context_emb(conv.get_prompt(), img_list)
+    def context_ids(self, conv: Conversation, img_list: list) -> List[int]:
+        """The token ids the model gets for ``conv`` (``IMAGE_SLOT_ID`` where ``img_list``'s embeddings go)."""
+        pieces, add_bos = conv.prompt_pieces()
+        sizes = [int(e.shape[-2]) for e in img_list]  # image tokens of each cached embedding [1, N, H]
+        return self.model.sample_encoder.encode_pieces(pieces, add_bos, sizes)
+
+    def _embed(self, ids: List[int], img_list: list) -> torch.Tensor:
+        with torch.inference_mode(), self.precision.autocast():
+            return self.model.context_embeds(ids, img_list)
 
     def _fit_context(self, conv: Conversation, img_list: list,
                      settings: GenerationSettings) -> Tuple[Conversation, int, torch.Tensor]:
         """The conversation as it fits the budget: drop the oldest question/answer pairs that hold no image."""
         budget = self.context_budget(settings)
         work, dropped = conv, 0
-        embs = self._embed(work, img_list)
-        while embs.shape[1] > budget:
+        ids = self.context_ids(work, img_list)
+        while len(ids) > budget:
             index = _oldest_droppable_pair(work)
             if index is None:
                 raise ContextTooLongError(
-                    f"the prompt needs {embs.shape[1]} positions but only {budget} are available "
+                    f"the prompt needs {len(ids)} positions but only {budget} are available "
                     f"(max_length {settings.max_length} - max_new_tokens {settings.max_new_tokens}); "
                     "start a new conversation, ask a shorter question, or raise max_length / lower max_new_tokens"
                 )
@@ -252,7 +268,8 @@ class Chat:
                 work = conv.copy()
             del work.messages[index:index + 2]
             dropped += 1
-            embs = self._embed(work, img_list)
+            ids = self.context_ids(work, img_list)
+        embs = self._embed(ids, img_list)
         if dropped:
             logger.warning("the conversation is longer than max_length - max_new_tokens = %d positions: the %d oldest "
                            "turn(s) were left out of the prompt (the transcript keeps them)", budget, dropped)
@@ -264,7 +281,7 @@ class Chat:
         if settings.do_sample and settings.seed is not None:
             torch.manual_seed(settings.seed)
         attention_mask = torch.ones(embs.shape[:2], dtype=torch.long, device=embs.device)  # (1, L)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.autocast():
             out = self.model.generate_from_embeds(embs, attention_mask, streamer=streamer,
                                                   **settings.generate_kwargs())
         return [int(i) for i in out[0].tolist()]
@@ -277,7 +294,7 @@ def _oldest_droppable_pair(conv: Conversation) -> Optional[int]:
         role, text = messages[i]
         nxt_role, nxt_text = messages[i + 1]
         if role == conv.roles[0] and nxt_role == conv.roles[1] and nxt_text is not None \
-                and IMAGE_TOKEN not in (text or ""):
+                and IMAGE_HERE not in (text or ""):
             return i
     return None
 

@@ -1,15 +1,14 @@
-"""Conversation templates of MiniGPT-4 / MiniGPT-v2 and the rule that picks one for a model config.
+"""Conversations for the chat engine: the model's own prompt format, and upstream's chat templates.
 
-A :class:`Conversation` holds a system text, two role strings (user, assistant) and the messages so far; its
-:meth:`Conversation.get_prompt` renders the exact prompt string upstream's demos fed to ``get_context_emb``
-(the image stays a ``<Img><ImageHere></Img>`` placeholder; the model splices the image embeddings in its place).
+* :class:`FormatConversation` (the default) renders through the model's :class:`~minigpt4.prompting.PromptFormat`,
+  the object training renders with: the token ids chat feeds the model equal the training ids of the same
+  conversation up to the answer. A config with a custom ``prompt_template`` chats with that template.
+* :class:`Conversation` with one of upstream's templates (``CONV_VISION_Vicuna0``, ``CONV_VISION_LLama2``,
+  ``CONV_VISION_minigptv2``, strings kept exactly; chosen with ``--template NAME``) reproduces upstream's chat
+  layout, which differs from its training layout (system text, role strings, a second BOS).
 
-The three upstream templates (``CONV_VISION_Vicuna0``, ``CONV_VISION_LLama2``, ``CONV_VISION_minigptv2``) keep
-their strings exactly. :class:`ChatTemplateConversation` has the same interface for LLMs that ship their own
-chat template (``model.prompt_format: tokenizer_chat_template``, e.g. SmolLM2): its prompt is rendered by the
-tokenizer's ``apply_chat_template``.
-
-:func:`template_for` chooses the template from the model config; the rule is written out in its docstring.
+Both keep messages as ``[role, text]`` pairs and expose :meth:`Conversation.prompt_pieces`, which the chat engine
+encodes with the model's sample encoder (the image stays an ``<ImageHere>`` slot filled by the model).
 """
 
 from __future__ import annotations
@@ -17,13 +16,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from omegaconf import DictConfig, OmegaConf
-
-#: what a user turn with an image starts with (the model splits the prompt on ``<ImageHere>``)
-IMAGE_PLACEHOLDER = "<Img><ImageHere></Img>"
-IMAGE_TOKEN = "<ImageHere>"
+from minigpt4.prompting import PromptError, PromptFormat, PromptPiece
 
 
 class SeparatorStyle(Enum):
@@ -79,6 +74,10 @@ class Conversation:
         """An independent copy (messages are copied, so the template itself never changes)."""
         return copy.deepcopy(self)
 
+    def prompt_pieces(self) -> Tuple[List[PromptPiece], bool]:
+        """Upstream's chat layout: the whole prompt string as one piece, BOS first (``get_context_emb``)."""
+        return [PromptPiece(self.get_prompt())], True
+
     def turns(self) -> List[Tuple[str, Optional[str]]]:
         """``(user text, assistant text or None)`` pairs, in order."""
         pairs: List[Tuple[str, Optional[str]]] = []
@@ -108,45 +107,61 @@ class Conversation:
     dict = to_dict  # upstream's name
 
 
-class ChatTemplateRenderer(Protocol):
-    """What :class:`ChatTemplateConversation` needs from a tokenizer."""
-
-    def apply_chat_template(self, messages: List[Dict[str, str]], add_generation_prompt: bool = True) -> str:
-        ...
-
-
 @dataclass
-class ChatTemplateConversation(Conversation):
-    """A conversation whose prompt is the tokenizer's own chat template (ChatML for SmolLM2, ...).
+class FormatConversation(Conversation):
+    """A conversation rendered by the model's :class:`~minigpt4.prompting.PromptFormat`: the same pieces, and so
+    the same token ids, as the training sample of that conversation up to the answer being generated.
 
-    Messages are stored like upstream's (``[role, text]`` with the role strings ``"user"``/``"assistant"``);
-    the image placeholder stays inside the user message text, where the model finds it after rendering.
+    Messages are stored like upstream's (``[role, text]``, roles ``"user"``/``"assistant"``); consecutive user
+    messages (an image turn, then the question) form one question, joined by a space.
     """
 
-    renderer: Optional[ChatTemplateRenderer] = None
+    prompt_format: Optional[PromptFormat] = None
+
+    @classmethod
+    def for_format(cls, prompt_format: PromptFormat) -> "FormatConversation":
+        """An empty conversation in ``prompt_format`` (named after it: ``vicuna0``, ``minigptv2``, ``custom``...)."""
+        return cls(system=prompt_format.system_prompt or "", roles=("user", "assistant"), sep="",
+                   name=prompt_format.name, prompt_format=prompt_format)
+
+    def questions_and_answers(self) -> Tuple[List[str], List[str]]:
+        """Questions and the answers given so far (one fewer than questions while the assistant's slot is open)."""
+        questions: List[str] = []
+        answers: List[str] = []
+        for role, text in self.messages:
+            if role == self.roles[0]:
+                if len(questions) > len(answers):
+                    questions[-1] = f"{questions[-1]} {text or ''}"
+                else:
+                    questions.append(text or "")
+            elif text is not None:
+                if len(answers) != len(questions) - 1:
+                    raise PromptError("an assistant message without a question before it")
+                answers.append(text)
+        return questions, answers
+
+    def prompt_pieces(self) -> Tuple[List[PromptPiece], bool]:
+        """The prompt format's pieces of this conversation, and whether a BOS id goes first."""
+        if self.prompt_format is None:
+            raise TemplateError("FormatConversation needs its prompt_format")
+        questions, answers = self.questions_and_answers()
+        if not questions:
+            return [], self.prompt_format.adds_bos
+        return self.prompt_format.conversation_pieces(questions, answers), self.prompt_format.adds_bos
 
     def get_prompt(self) -> str:
-        """Render the messages with ``renderer.apply_chat_template``; an open assistant slot adds the generation
-        prompt."""
-        if self.renderer is None:
-            raise ValueError("ChatTemplateConversation needs a tokenizer with apply_chat_template (renderer=...)")
-        chat: List[Dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
-        open_slot = False
-        for role, text in self.messages:
-            if text is None:
-                open_slot = True
-                continue
-            chat.append({"role": str(role), "content": text})
-        return self.renderer.apply_chat_template(chat, add_generation_prompt=open_slot)
+        """The rendered prompt (display form; the encoder tokenizes :meth:`prompt_pieces`)."""
+        pieces, _ = self.prompt_pieces()
+        return self.prompt_format.render(pieces) if pieces else ""
 
-    def copy(self) -> "ChatTemplateConversation":
-        """Copy the messages, share the renderer (a tokenizer is not copied)."""
-        renderer, self.renderer = self.renderer, None
+    def copy(self) -> "FormatConversation":
+        """Copy the messages, share the prompt format (its tokenizer is not copied)."""
+        fmt, self.prompt_format = self.prompt_format, None
         try:
             clone = copy.deepcopy(self)
         finally:
-            self.renderer = renderer
-        clone.renderer = renderer
+            self.prompt_format = fmt
+        clone.prompt_format = fmt
         return clone
 
 
@@ -187,94 +202,19 @@ CONV_VISION_minigptv2 = Conversation(
     name="minigptv2",
 )
 
-CONV_CHAT_TEMPLATE = ChatTemplateConversation(
-    system="",
-    roles=("user", "assistant"),
-    messages=[],
-    offset=0,
-    sep_style=SeparatorStyle.SINGLE,
-    sep="",
-    name="chat_template",
-)
-
-#: template name → template (``--template`` on the demos accepts these names)
+#: upstream's chat templates by name (``--template`` on the demos): upstream's chat layout, exactly
 TEMPLATES: Dict[str, Conversation] = {
     "vicuna0": CONV_VISION_Vicuna0,
     "llama2": CONV_VISION_LLama2,
     "minigptv2": CONV_VISION_minigptv2,
-    "chat_template": CONV_CHAT_TEMPLATE,
 }
-
-#: upstream's choice by (arch, model_type); ``None`` matches every model type of the arch
-_BY_MODEL_TYPE: Dict[Tuple[str, Optional[str]], str] = {
-    ("minigpt4", "pretrain_vicuna0"): "vicuna0",
-    ("minigpt4", "pretrain_llama2"): "llama2",
-    ("minigpt_v2", None): "minigptv2",
-}
-
 
 class TemplateError(ValueError):
-    """No conversation template can be chosen for a model config."""
+    """An unknown conversation template, or a conversation that cannot be rendered."""
 
 
-def template_name_for(model_cfg: Any) -> str:
-    """The template name for a ``model:`` config.
-
-    Rule, in order:
-
-    1. ``prompt_format: tokenizer_chat_template`` → ``chat_template`` (the tokenizer's own template);
-    2. ``arch: minigpt_v2`` (every model type, ``tiny`` included) → ``minigptv2``;
-    3. ``arch: minigpt4`` with ``model_type`` ``pretrain_vicuna0`` → ``vicuna0``, ``pretrain_llama2`` → ``llama2``
-       (upstream's table);
-    4. any other ``minigpt4`` model type (``tiny``, a user preset) follows its training prompt: a
-       ``prompt_template`` starting with ``###`` or ``end_sym: "###"`` → ``vicuna0``; a ``prompt_template``
-       containing ``[INST]`` or ``end_sym: "</s>"`` → ``llama2``; otherwise :class:`TemplateError`.
-    """
-    arch = str(_get(model_cfg, "arch", ""))
-    model_type = str(_get(model_cfg, "model_type", ""))
-    if _get(model_cfg, "prompt_format", "upstream") == "tokenizer_chat_template":
-        return "chat_template"
-    for key in ((arch, model_type), (arch, None)):
-        if key in _BY_MODEL_TYPE:
-            return _BY_MODEL_TYPE[key]
-    if arch == "minigpt4":
-        prompt_template = str(_get(model_cfg, "prompt_template", "") or "")
-        end_sym = str(_get(model_cfg, "end_sym", "") or "").strip()
-        if prompt_template.lstrip().startswith("###") or (not prompt_template and end_sym == "###"):
-            return "vicuna0"
-        if "[INST]" in prompt_template or (not prompt_template and end_sym == "</s>"):
-            return "llama2"
-    raise TemplateError(
-        f"cannot choose a conversation template for model.arch={arch!r} model.model_type={model_type!r} "
-        f"(prompt_template={_get(model_cfg, 'prompt_template', '')!r}, end_sym={_get(model_cfg, 'end_sym', '')!r}); "
-        "set model.prompt_template to '###Human: {} ###Assistant: ' (Vicuna v0) or '[INST] {} [/INST] ' (LLaMA-2), "
-        f"or pass --template with one of {sorted(TEMPLATES)}"
-    )
-
-
-def template_for(model_cfg: Any, tokenizer: Optional[ChatTemplateRenderer] = None,
-                 name: Optional[str] = None) -> Conversation:
-    """A fresh copy of the template for ``model_cfg`` (or the one called ``name``).
-
-    ``tokenizer`` is required for the ``chat_template`` template (its ``apply_chat_template`` renders the prompt).
-    """
-    name = name or template_name_for(model_cfg)
+def upstream_template(name: str) -> Conversation:
+    """A fresh copy of upstream's chat template ``name`` (see :data:`TEMPLATES`)."""
     if name not in TEMPLATES:
         raise TemplateError(f"unknown conversation template {name!r}; known: {sorted(TEMPLATES)}")
-    conv = TEMPLATES[name].copy()
-    if isinstance(conv, ChatTemplateConversation):
-        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
-            raise TemplateError("the chat_template conversation needs the model's tokenizer (apply_chat_template)")
-        conv.renderer = tokenizer
-        conv.system = _get(model_cfg, "system_prompt", None) or ""  # the system turn the model trained with
-    return conv
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    """``cfg.key`` for a DictConfig, dataclass or dict; ``default`` when absent or ``???`` (a reader for partial
-    configs, e.g. a preset without ``model_type``; the config schema holds the real defaults)."""
-    if isinstance(cfg, DictConfig):
-        return default if key not in cfg or OmegaConf.is_missing(cfg, key) else cfg[key]
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+    return TEMPLATES[name].copy()

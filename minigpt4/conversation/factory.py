@@ -1,4 +1,8 @@
-"""Build the chat engine from a loaded config: image processor, model, template.
+"""Build the chat engine from a loaded config: image processor, model, prompt format, precision policy.
+
+The conversation renders with the model's own prompt format (built from the ``model:`` section, the same object
+training renders with); ``template=NAME`` picks one of upstream's chat templates instead (upstream's chat layout).
+Image encoding and generation run under the run config's precision policy (``run.precision``).
 
 The image processor is the model's own: the config's top-level ``preprocess.vis_processor.eval`` (filled from
 the model preset YAML). Upstream's eval configs carried a ``datasets.cc_sbu_align`` block only so that the demos
@@ -15,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from minigpt4.common.config import Config
 from minigpt4.common.logger import get_logger
+from minigpt4.common.precision import PrecisionPolicy, configure_model_precision, policy_from_run_config
 from minigpt4.common.registry import registry
 from minigpt4.conversation.chat import Chat
-from minigpt4.conversation.conversation import template_for
+from minigpt4.conversation.conversation import FormatConversation, upstream_template
 from minigpt4.conversation.generation import GenerationSettings
 
 logger = get_logger(__name__)
@@ -72,6 +77,7 @@ def resolve_device(device: Optional[str] = None, gpu_id: int = 0) -> torch.devic
 
 def build_model(cfg: Config, device: torch.device) -> Any:
     """The registered model of ``cfg.model.arch``, built with ``from_config``, on ``device``, in eval mode."""
+    configure_model_precision(cfg, device)  # frozen weights stored in the run's compute dtype (common/precision)
     model_cfg = cfg.model
     if device.type == "cuda" and device.index is not None:
         OmegaConf.update(model_cfg, "device_8bit", device.index)  # upstream's --gpu-id for 8-bit loading
@@ -95,11 +101,13 @@ def _move_all_but_llm(model: Any, device: torch.device) -> None:
 
 def chat_from_config(cfg: Config, device: Union[str, torch.device] = "cpu",
                      settings: Optional[GenerationSettings] = None, template: Optional[str] = None,
-                     model: Any = None) -> Chat:
-    """A ready :class:`Chat`: image processor and template from ``cfg``, model built (or the one given)."""
+                     model: Any = None, precision: Optional[PrecisionPolicy] = None) -> Chat:
+    """A ready :class:`Chat`: image processor from ``cfg``, model built (or the one given), conversations in the
+    model's prompt format (or upstream's chat template ``template``), precision from ``cfg.run`` (or given)."""
     device = torch.device(device)
     vis_processor = build_vis_processor(cfg)
     model = model if model is not None else build_model(cfg, device)
-    conv = template_for(cfg.model, getattr(model, "llama_tokenizer", None), name=template)
-    logger.info("conversation template: %s", conv.name)
-    return Chat(model, vis_processor, device=device, template=conv, settings=settings)
+    conv = upstream_template(template) if template else FormatConversation.for_format(model.prompt_format)
+    precision = precision or policy_from_run_config(cfg.run, device)
+    logger.info("conversation template: %s; precision: %s", conv.name, precision)
+    return Chat(model, vis_processor, device=device, template=conv, settings=settings, precision=precision)

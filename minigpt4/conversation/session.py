@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from minigpt4.conversation.chat import AnswerStream, Chat, ImageInput, Reply
-from minigpt4.conversation.conversation import IMAGE_PLACEHOLDER, Conversation
+from minigpt4.conversation.conversation import Conversation
+from minigpt4.prompting import IMAGE_PROMPT
 
 
 class NoImageError(ValueError):
@@ -80,8 +81,8 @@ class ChatSession:
             messages.pop()
         if messages and messages[-1][0] == self.conv.roles[0]:
             text = messages[-1][1] or ""
-            if text.startswith(IMAGE_PLACEHOLDER):
-                messages[-1][1] = IMAGE_PLACEHOLDER
+            if text.startswith(IMAGE_PROMPT):
+                messages[-1][1] = IMAGE_PROMPT
             else:
                 messages.pop()
 
@@ -90,7 +91,7 @@ class ChatSession:
         """``[{"user": ..., "assistant": ...}]`` with the image placeholder removed from the questions."""
         out = []
         for user, assistant in self.conv.turns():
-            question = user.replace(IMAGE_PLACEHOLDER, "", 1).strip()
+            question = user.replace(IMAGE_PROMPT, "", 1).strip()
             if question or assistant is not None:
                 out.append({"user": question, "assistant": assistant})
         return out

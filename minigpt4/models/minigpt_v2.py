@@ -1,4 +1,4 @@
-"""MiniGPT-v2, registered as ``minigpt_v2``.
+"""MiniGPT-v2, registered as ``minigpt_v2``: presets of :class:`~minigpt4.models.minigpt_base.MiniGPTBase`.
 
 EVA-ViT-g at 448 → ``ln_vision`` → drop CLS, merge 4 consecutive patch tokens (1024 → 256) → ``llama_proj``
 5632→4096 → Llama-2-chat with LoRA on ``q_proj``/``v_proj``. ``llama_proj`` and LoRA train. Unlike upstream, LoRA
@@ -25,9 +25,10 @@ class MiniGPTv2(MiniGPTBase):
         "smollm2": "configs/models/minigpt_v2_smollm2.yaml",
     }
 
-    def _init_image_adapter(self, cfg: DictConfig) -> int:
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """MiniGPT-v2 has no Q-Former."""
         if cfg.has_qformer:
             raise ModelConfigError(
                 "MiniGPT-v2 has no Q-Former: set model.has_qformer: False (the minigpt_v2 presets do)"
             )
-        return super()._init_image_adapter(cfg)

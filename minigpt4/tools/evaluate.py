@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from minigpt4.common.errors import entry_point
 from minigpt4.common.logger import get_logger, setup_logging
+from minigpt4.common.precision import PrecisionPolicy, policy_from_run_config
 
 logger = get_logger(__name__)
 
@@ -74,15 +75,18 @@ class EvalReport:
 
 @torch.no_grad()
 def candidate_losses(model: Any, images: torch.Tensor, instructions: Sequence[str],
-                     candidates: Sequence[str]) -> torch.Tensor:
-    """Mean answer-token NLL of each candidate for each sample: ``(B, K)``."""
+                     candidates: Sequence[str], precision: Optional[PrecisionPolicy] = None) -> torch.Tensor:
+    """Mean answer-token NLL of each candidate for each sample: ``(B, K)``; the model runs under ``precision``
+    (the run config's policy; None = fp32)."""
     batch = images.shape[0]
+    precision = precision or PrecisionPolicy("fp32", images.device.type)
     losses = []
     for cand in candidates:
-        inputs = model.build_llm_inputs(
+        batch_in = model.sample_encoder.encode_batch(
             {"image": images, "instruction_input": list(instructions), "answer": [cand] * batch}
         )
-        with model.maybe_autocast():
+        with precision.autocast():
+            inputs = model.build_llm_inputs(batch_in)
             logits = model.llama_model(inputs_embeds=inputs.inputs_embeds,
                                        attention_mask=inputs.attention_mask).logits  # (B, L, V)
         labels = inputs.labels[:, 1:]  # (B, L-1): token t is predicted at position t-1
@@ -118,7 +122,8 @@ def closed_sets(pairs: Sequence[tuple], max_candidates: int) -> tuple[Dict[str, 
 
 
 def evaluate_closed_set(model: Any, dataset: Any, *, max_candidates: int = 8, batch_size: int = 8,
-                        candidate_pool: Any = None, max_per_section: Optional[int] = None) -> EvalReport:
+                        candidate_pool: Any = None, max_per_section: Optional[int] = None,
+                        precision: Optional[PrecisionPolicy] = None) -> EvalReport:
     """Score every single-turn item of ``dataset`` whose section has a closed answer set.
 
     Args:
@@ -128,6 +133,7 @@ def evaluate_closed_set(model: Any, dataset: Any, *, max_candidates: int = 8, ba
         candidate_pool: another dataset whose answers also belong to the closed sets (pass the training split,
             so an answer absent from the held-out split is still a candidate).
         max_per_section: score at most this many items per section (the first ones, in dataset order).
+        precision: the precision policy the model runs under (the run config's; None = fp32).
     """
     pairs = answer_pairs(dataset) + (answer_pairs(candidate_pool) if candidate_pool is not None else [])
     sets, skipped = closed_sets(pairs, max_candidates)
@@ -148,7 +154,7 @@ def evaluate_closed_set(model: Any, dataset: Any, *, max_candidates: int = 8, ba
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
             images = torch.stack([it["image"] for it in chunk]).to(model.device)  # (B, 3, S, S)
-            losses = candidate_losses(model, images, [it["instruction_input"] for it in chunk], cands)
+            losses = candidate_losses(model, images, [it["instruction_input"] for it in chunk], cands, precision)
             picks = losses.argmin(dim=1).tolist()
             correct += sum(cands[p] == it["answer"] for p, it in zip(picks, chunk))
         counts = Counter(it["answer"] for it in group)
@@ -182,10 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"dataset {args.dataset} has splits {sorted(splits)}; set datasets.{args.dataset}.split.val_fraction",
               file=sys.stderr)
         return 2
-    model = registry.get_model_class(cfg.model.arch).from_config(cfg.model).to(args.device)
+    device = torch.device(args.device)
+    precision = policy_from_run_config(cfg.run, device)
+    model = registry.get_model_class(cfg.model.arch).from_config(cfg.model).to(device)
     report = evaluate_closed_set(model, splits[args.split], max_candidates=args.max_candidates,
                                  batch_size=args.batch_size, candidate_pool=splits.get("train"),
-                                 max_per_section=args.max_per_section)
+                                 max_per_section=args.max_per_section, precision=precision)
     print(report.table())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

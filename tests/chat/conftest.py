@@ -51,6 +51,22 @@ def not_an_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chatml_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    """The tiny LLaMA folder with a ChatML chat template in its tokenizer config."""
+    import json
+    import shutil
+
+    from prompt_helpers import CHATML
+
+    folder = tmp_path_factory.mktemp("chatml") / "llama"
+    shutil.copytree(tiny_llama_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = CHATML
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_options(tiny_llama_dir: Path) -> List[str]:
     """``--options`` that make the tiny eval configs runnable."""
     return [f"model.llama_model={tiny_llama_dir}"]

@@ -10,6 +10,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from prompt_helpers import training_prefix
+
 from minigpt4.conversation.chat import Chat, ContextTooLongError
 from minigpt4.conversation.factory import ChatSetupError, build_vis_processor, vis_processor_config
 from minigpt4.processors.image_io import ImageOpenError
@@ -29,24 +31,27 @@ def _start(chat: Chat, image: Path, question: str) -> tuple:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_chat_answers_equal_model_generate_over_two_turns(arch: str, chat_for: Callable[..., Chat],
                                                           face_image: Path) -> None:
-    """Greedy chat output == model.generate on the same prompt and image, for the first and a follow-up turn."""
+    """Greedy chat output == the model's generation from the training ids of the same conversation (up to the
+    answer, image embeddings scattered in), for the first and a follow-up turn."""
     chat = chat_for(arch, max_new_tokens=12, repetition_penalty=1.0)
     model = chat.model
     assert chat.new_conversation().name == EXPECTED_TEMPLATE[arch]
     conv, img_list = _start(chat, face_image, "Describe this face.")
-    pixels = chat.vis_processor(face_image)[None]  # (1, 3, S, S)
+    pixels = chat.vis_processor(face_image)  # (3, S, S)
     first = chat.reply(conv, img_list)
     chat.ask("How old is the person?", conv)
     second = chat.reply(conv, img_list)
-    for reply in (first, second):
-        ids = model.generate_ids(pixels, [reply.prompt], max_new_tokens=12, repetition_penalty=1.0)
-        assert reply.ids == ids[0].tolist()
-        assert reply.text == model.generate(pixels, [reply.prompt], max_new_tokens=12, repetition_penalty=1.0)[0]
-        assert reply.context_len == model.get_context_emb(reply.prompt, img_list).shape[1]
+    questions = ["<Img><ImageHere></Img> Describe this face.", "How old is the person?"]
+    for k, reply in enumerate((first, second)):
+        ids = training_prefix(model, pixels, questions[:k + 1], [first.text, "x"][:k] + ["x"])
+        with torch.no_grad():
+            embs = model.context_embeds(ids, img_list)
+            new = model.generate_from_embeds(embs, max_new_tokens=12, repetition_penalty=1.0, do_sample=False)
+        assert reply.ids == new[0].tolist() and reply.context_len == len(ids)
     assert first.text and first.text in second.prompt, "the real first answer is in the history"
     assert second.prompt.startswith(first.prompt + first.text)
-    assert second.prompt.endswith({"minigpt4": "###Human: How old is the person?###Assistant: ",
-                                   "minigpt_v2": "<s>[INST] How old is the person? [/INST]"}[arch])
+    assert second.prompt.endswith({"minigpt4": "###<s>###Human: How old is the person? ###Assistant: ",
+                                   "minigpt_v2": "</s><s>[INST] How old is the person? [/INST]"}[arch])
     assert conv.messages[-1] == [conv.roles[1], second.text]
     text, ids = chat.answer(*_start(chat, face_image, "Describe this face."))  # upstream's (text, ids) shape
     assert (text, ids) == (first.text, first.ids)
@@ -93,11 +98,12 @@ def test_long_conversation_drops_oldest_turns_but_keeps_the_image(chat_for: Call
         chat.ask(question, conv)
     chat.reply(conv, img_list)
     chat.ask("fourth and last", conv)
-    full_len = model.get_context_emb(conv.get_prompt() + conv.roles[1], img_list).shape[1]
-    minimal = conv.copy()
+    full = conv.copy()
+    full.append_message(full.roles[1], None)
+    full_len = len(chat.context_ids(full, img_list))
+    minimal = full.copy()
     del minimal.messages[2:6]  # keep the image turn and its answer + the last question
-    minimal.append_message(minimal.roles[1], None)
-    min_len = model.get_context_emb(minimal.get_prompt(), img_list).shape[1]
+    min_len = len(chat.context_ids(minimal, img_list))
     assert min_len < full_len
     before = [list(m) for m in conv.messages]
     with caplog.at_level(logging.WARNING, logger="facegpt"):
@@ -106,7 +112,8 @@ def test_long_conversation_drops_oldest_turns_but_keeps_the_image(chat_for: Call
     assert "2 oldest turn(s) were left out" in caplog.text
     assert "<Img><ImageHere></Img> first question about the face" in reply.prompt
     assert "second question here" not in reply.prompt and "third question here" not in reply.prompt
-    assert reply.prompt.endswith("<s>[INST] fourth and last [/INST]")
+    assert reply.prompt.endswith("</s><s>[INST] fourth and last [/INST]")
+    assert reply.context_len == min_len
     assert conv.messages[:-1] == before, "the transcript keeps every turn"
     chat.ask("a fifth question that does not fit", conv)
     before = [list(m) for m in conv.messages]

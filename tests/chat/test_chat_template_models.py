@@ -1,52 +1,36 @@
 """Models whose prompts come from the tokenizer's own chat template (``prompt_format: tokenizer_chat_template``).
 
-The chat's prompt for a first question must be exactly what the model trains on (``model.wrap_instruction``), so
+The chat's prompt for a first question must be exactly what the model trains on (``model.prompt_format.wrap``), so
 chat and training cannot drift apart; the chat's answer must equal ``model.generate`` on that prompt.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from minigpt4.common.registry import registry
-from minigpt4.conversation import Chat, ChatTemplateConversation
+from minigpt4.conversation import Chat, FormatConversation
 from minigpt4.conversation.session import ChatSession
 from minigpt4.models.llm import smollm2_gguf_path
-
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def chatml_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
-    """The tiny LLaMA folder with a ChatML chat template in its tokenizer config."""
-    folder = tmp_path_factory.mktemp("chatml") / "llama"
-    shutil.copytree(tiny_llama_dir, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = CHATML
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
 
 
 def test_tiny_chat_template_model_chats_like_it_trains(chatml_llama_dir: Path, face_image: Path) -> None:
     cls = registry.get_model_class("minigpt_v2")
     cfg = cls.default_config("tiny", {"model_type": "tiny", "llama_model": str(chatml_llama_dir), "vit_ckpt": None,
                                       "freeze_vit": False, "prompt_format": "tokenizer_chat_template",
-                                      "end_sym": None})
+                                      "end_sym": "<|im_end|>"})
     torch.manual_seed(0)
     model = cls.from_config(cfg).eval()
     processor = registry.get_processor_class("blip2_image_eval").from_config({"name": "blip2_image_eval"})
     chat = Chat(model, processor, "cpu")
     session = ChatSession(chat)
     session.load_image(face_image)
-    assert isinstance(session.conv, ChatTemplateConversation)
+    assert isinstance(session.conv, FormatConversation) and session.conv.name == "chat_template"
     reply = session.ask("Describe the face.", max_new_tokens=10, repetition_penalty=1.0)
-    assert reply.prompt == model.wrap_instruction("<Img><ImageHere></Img> Describe the face.")
+    assert reply.prompt == model.prompt_format.wrap("<Img><ImageHere></Img> Describe the face.")
     assert reply.prompt.startswith("<|im_start|>user\n<Img><ImageHere></Img> Describe the face.<|im_end|>")
     pixels = processor(face_image)[None]
     assert reply.ids == model.generate_ids(pixels, [reply.prompt], max_new_tokens=10)[0].tolist()
@@ -70,7 +54,7 @@ def test_smollm2_chat_answers_in_its_own_template_and_stops_at_end_of_turn(face_
     session.load_image(face_image)
     question = "Answer in one short sentence: what is the capital of France?"
     reply = session.ask(question, max_new_tokens=48)
-    assert reply.prompt == model.wrap_instruction(f"<Img><ImageHere></Img> {question}")
+    assert reply.prompt == model.prompt_format.wrap(f"<Img><ImageHere></Img> {question}")
     end_of_turn = model.stop_sequences()[0]
     assert reply.ids[-len(end_of_turn):] == end_of_turn, "SmolLM2 ends its turn with <|im_end|>"
     assert reply.text and "<|im_end|>" not in reply.text and "<|im_start|>" not in reply.text

@@ -1,11 +1,16 @@
-"""The chat engine reproduces upstream's greedy chat outputs on ../shared/parity/{v1,v1_llama2,v2}.
+"""The chat engine against upstream's records on ../shared/parity/{v1,v1_llama2,v2}.
 
 Each model is loaded the way a user loads one: an eval YAML (written here from the folder's ``export.json``:
 upstream's model config plus the tiny dimensions) → ``load_config`` → ``chat_from_config`` (image processor from the
-preset's ``preprocess``, template chosen from the config). ``ln_vision.pth`` (randomised for the parity run, never
-in upstream's checkpoints) is loaded on top through the public checkpoint API. Then, per recorded question, the
-engine's own calls — ``upload_img`` (path) → ``ask`` → ``reply`` — must give upstream's prompt string, context
-layout and greedy ids (transformers 5 returns no leading BOS; upstream's 4.30 did).
+preset's ``preprocess``). ``ln_vision.pth`` (randomised for the parity run, never in upstream's checkpoints) is
+loaded on top through the public checkpoint API. Then, per recorded question, the engine's own calls —
+``upload_img`` (path) → ``ask`` → ``reply``:
+
+* by default (the model's prompt format) feed exactly upstream's recorded *training* ids up to the answer, single
+  turn and (v2) the second turn of the recorded conversation sample;
+* with ``template=`` upstream's chat template name give upstream's chat prompt string, context layout and greedy
+  ids (transformers 5 returns no leading BOS; upstream's 4.30 did). Upstream's chat layout differs from its training
+  layout (system text, role strings, a second BOS); that difference is the only one between the two modes.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from typing import Any, Dict
 import pytest
 from omegaconf import OmegaConf
 
+from prompt_helpers import last_answer_start
+
 from minigpt4.common.config import load_config
 from minigpt4.conversation.factory import chat_from_config
 from minigpt4.models.checkpoint import load_model_checkpoint
+from minigpt4.prompting import IMAGE_PROMPT
 
 VARIANTS = ["v1", "v1_llama2", "v2"]
+UPSTREAM_TEMPLATE = {"v1": "vicuna0", "v1_llama2": "llama2", "v2": "minigptv2"}
 
 
 def _model_section(root: Path, export: Dict[str, Any]) -> Dict[str, Any]:
@@ -53,11 +62,13 @@ def parity_chat(request: pytest.FixtureRequest, parity_root: Path, tmp_path_fact
     cfg_path = tmp_path_factory.mktemp(f"parity_{request.param}") / "eval.yaml"
     OmegaConf.save(OmegaConf.create({"model": _model_section(root, export), "run": {"task": "image_text_pretrain"}}),
                    cfg_path)
-    chat = chat_from_config(load_config(cfg_path), "cpu")
+    cfg = load_config(cfg_path)
+    chat = chat_from_config(cfg, "cpu", template=UPSTREAM_TEMPLATE[request.param])
     if (root / "ln_vision.pth").is_file():
         load_model_checkpoint(chat.model, root / "ln_vision.pth", partial=True)
     chat.model.eval()
-    return request.param, root, chat, json.loads((root / "expected.json").read_text())["generation"]
+    default = chat_from_config(cfg, "cpu", model=chat.model)
+    return request.param, root, chat, default, json.loads((root / "expected.json").read_text())
 
 
 def _upstream_answer_text(raw: str) -> str:
@@ -65,11 +76,12 @@ def _upstream_answer_text(raw: str) -> str:
     return raw.split("###")[0].split("Assistant:")[-1].strip()
 
 
-def test_chat_engine_greedy_ids_equal_upstream(parity_chat) -> None:
-    name, root, chat, generation = parity_chat
+def test_chat_engine_with_upstream_template_gives_upstream_greedy_ids(parity_chat) -> None:
+    name, root, chat, _, expected = parity_chat
+    generation = expected["generation"]
     batch = json.loads((root / "batch.json").read_text())
     settings = generation["settings"]
-    assert chat.new_conversation().name == {"v1": "vicuna0", "v1_llama2": "llama2", "v2": "minigptv2"}[name]
+    assert chat.new_conversation().name == UPSTREAM_TEMPLATE[name]
     assert len(generation["chat"]) == len(batch["questions"]) == 2
     for i, entry in enumerate(generation["chat"]):
         conv, img_list = chat.new_conversation(), []
@@ -84,3 +96,43 @@ def test_chat_engine_greedy_ids_equal_upstream(parity_chat) -> None:
         assert reply.ids == entry["new_token_ids"], f"{name} question {i}: greedy ids"
         assert entry["sequence"] == [chat.model.llama_tokenizer.bos_id] + reply.ids  # 4.30 kept a leading BOS
         assert reply.text == _upstream_answer_text(entry["text"])
+
+
+def _question(instruction: str, template: str) -> str:
+    """The chat question whose wrapped form is a recorded training instruction (template and image prompt off)."""
+    inner = instruction
+    if template and not instruction.startswith(IMAGE_PROMPT):  # v1 records come wrapped already
+        head, tail = template.split("{}")
+        inner = instruction[len(head):len(instruction) - len(tail)]
+    assert inner.startswith(IMAGE_PROMPT + " ")
+    return inner[len(IMAGE_PROMPT) + 1:]
+
+
+def test_default_chat_feeds_upstreams_training_ids(parity_chat) -> None:
+    """The model's prompt format: chat ids == upstream's recorded training ids up to the answer."""
+    name, root, _, chat, expected = parity_chat
+    batch = json.loads((root / "batch.json").read_text())
+    template = chat.model.prompt_format.template
+    assert chat.new_conversation().name == UPSTREAM_TEMPLATE[name]
+    for i, instruction in enumerate(batch["instruction_input"]):
+        conv, img_list = chat.new_conversation(), []
+        chat.upload_img(root / batch["images"][i], conv, img_list)
+        chat.ask(_question(instruction, template), conv)
+        chat.encode_img(img_list)
+        conv.append_message(conv.roles[1], None)
+        n = 1 + expected["input_lens"][i]  # BOS + condition
+        assert chat.context_ids(conv, img_list) == expected["llm_input_ids_reconstructed"][i][:n], f"{name} {i}"
+    if "conv" not in expected:
+        return
+    conv_rec = expected["conv"]  # v2: the second turn of the recorded conversation sample
+    sym = conv_rec["connect_sym"]
+    questions, answers = conv_rec["conv_q"][0].split(sym), conv_rec["conv_a"][0].split(sym)
+    conv, img_list = chat.new_conversation(), []
+    chat.upload_img(root / batch["images"][0], conv, img_list)
+    chat.ask(questions[0][len(IMAGE_PROMPT) + 1:], conv)
+    chat.encode_img(img_list)
+    conv.append_message(conv.roles[1], answers[0])
+    chat.ask(questions[1], conv)
+    conv.append_message(conv.roles[1], None)
+    ids, labels = conv_rec["llm_input_ids_reconstructed"][0], conv_rec["labels"][0]
+    assert chat.context_ids(conv, img_list) == ids[:last_answer_start(labels)]

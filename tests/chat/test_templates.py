@@ -1,8 +1,9 @@
-"""Golden prompt strings of every conversation template, and the rule that picks a template from a config.
+"""Golden prompt strings of upstream's chat templates and of the prompt-format conversations.
 
 The expected strings are written out by hand from upstream's template definitions (system text, role strings,
-separators), for a two-turn conversation about one image, built through the chat engine's own calls
-(``upload_img`` → ``ask`` → answer stored → ``ask``).
+separators) and from the training layout (template, end symbol, BOS text before later turns), for a two-turn
+conversation about one image, built through the chat engine's own calls (``upload_img`` → ``ask`` → answer
+stored → ``ask``).
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from prompt_helpers import CHATML
+
 from minigpt4.common.schema import ModelConfig
 from minigpt4.conversation import (
     CONV_VISION_LLama2,
     CONV_VISION_minigptv2,
     CONV_VISION_Vicuna0,
     Chat,
-    ChatTemplateConversation,
     Conversation,
+    FormatConversation,
     SeparatorStyle,
     TemplateError,
-    template_for,
-    template_name_for,
+    upstream_template,
 )
 from minigpt4.models.tokenizer import load_tokenizer
+from minigpt4.prompting import PromptFormat
 
 SYSTEM = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it "
           "to you. Please answer my questions.")
@@ -110,27 +113,49 @@ def test_turns_pairs_questions_and_answers() -> None:
                             ("How old is the person?", None)]
 
 
-# ------------------------------------------------------------------------------- chat template
+# ------------------------------------------------------------------------------- prompt formats
 
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+GOLDEN_FORMAT_TWO_TURNS = {  # the training layout: template, answer + end_sym, BOS text + template per later turn
+    "vicuna0": "<s>###Human: <Img><ImageHere></Img> What is in the picture? ###Assistant: A smiling face.###"
+    "<s>###Human: How old is the person? ###Assistant: ",
+    "llama2": "<s>[INST] <Img><ImageHere></Img> What is in the picture? [/INST] A smiling face.</s>"
+    "<s>[INST] How old is the person? [/INST] ",
+    "minigptv2": "<s>[INST] <Img><ImageHere></Img> What is in the picture? [/INST]A smiling face.</s>"
+    "<s>[INST] How old is the person? [/INST]",
+}
+END_SYMS = {"vicuna0": "###", "llama2": "</s>", "minigptv2": "</s>"}
 
 
 @pytest.fixture(scope="module")
-def chatml_tokenizer(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
-    folder = tmp_path_factory.mktemp("chatml_tok")
-    (folder / "tokenizer.model").write_bytes((tiny_llama_dir / "tokenizer.model").read_bytes())
-    config = json.loads((tiny_llama_dir / "tokenizer_config.json").read_text())
-    config["chat_template"] = CHATML
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return load_tokenizer(folder)
+def tiny_tokenizer(tiny_llama_dir: Path):
+    return load_tokenizer(tiny_llama_dir)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_FORMAT_TWO_TURNS))
+def test_prompt_format_conversation_is_the_training_layout(name: str, tiny_tokenizer) -> None:
+    template = {"vicuna0": "###Human: {} ###Assistant: ", "llama2": "[INST] {} [/INST] ",
+                "minigptv2": "[INST] {} [/INST]"}[name]  # upstream's training templates, written out
+    cfg = OmegaConf.structured(ModelConfig(arch="minigpt4", model_type="tiny", llama_model="x",
+                                           prompt_template=template, end_sym=END_SYMS[name]))
+    fmt = PromptFormat.from_config(cfg, tiny_tokenizer)
+    assert fmt.name == name and PromptFormat.from_config(fmt.to_config(), tiny_tokenizer) == fmt
+    conv = _two_turns(FormatConversation.for_format(fmt))
+    assert conv.name == name and conv.get_prompt() == GOLDEN_FORMAT_TWO_TURNS[name]
+    pieces, add_bos = conv.prompt_pieces()
+    assert add_bos and [p.trained for p in pieces] == [False, True, False]
+    assert pieces[1].text == "A smiling face." + END_SYMS[name]
+
+
+@pytest.fixture(scope="module")
+def chatml_tokenizer(chatml_llama_dir: Path):
+    return load_tokenizer(chatml_llama_dir)
 
 
 def test_chat_template_conversation_renders_with_the_tokenizer(chatml_tokenizer) -> None:
     cfg = OmegaConf.structured(ModelConfig(arch="minigpt_v2", model_type="tiny", llama_model="x",
-                                           prompt_format="tokenizer_chat_template"))
-    conv = template_for(cfg, chatml_tokenizer)
-    assert isinstance(conv, ChatTemplateConversation) and conv.name == "chat_template"
+                                           prompt_format="tokenizer_chat_template", end_sym="<|im_end|>"))
+    conv = FormatConversation.for_format(PromptFormat.from_config(cfg, chatml_tokenizer))
+    assert conv.name == "chat_template"
     _two_turns(conv)
     assert conv.get_prompt() == (
         "<|im_start|>user\n<Img><ImageHere></Img> What is in the picture?<|im_end|>\n"
@@ -138,50 +163,20 @@ def test_chat_template_conversation_renders_with_the_tokenizer(chatml_tokenizer)
         "<|im_start|>user\nHow old is the person?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+    assert chatml_tokenizer.chat_template == CHATML
     clone = conv.copy()
-    assert clone.renderer is chatml_tokenizer and clone.messages == conv.messages
+    assert clone.prompt_format is conv.prompt_format and clone.messages == conv.messages
     assert clone.messages is not conv.messages
 
 
-def test_chat_template_needs_a_tokenizer() -> None:
-    cfg = OmegaConf.structured(ModelConfig(arch="minigpt_v2", model_type="tiny", llama_model="x",
-                                           prompt_format="tokenizer_chat_template"))
-    with pytest.raises(TemplateError, match="needs the model's tokenizer"):
-        template_for(cfg, None)
+def test_chat_template_format_needs_a_tokenizer() -> None:
+    fmt = PromptFormat(kind="tokenizer_chat_template", end_sym="<|im_end|>")
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        fmt.wrap("hi")
 
 
-# ------------------------------------------------------------------------------------- choice
-
-@pytest.mark.parametrize(
-    "arch, model_type, extra, expected",
-    [
-        ("minigpt4", "pretrain_vicuna0", {}, "vicuna0"),
-        ("minigpt4", "pretrain_llama2", {}, "llama2"),
-        ("minigpt_v2", "pretrain", {}, "minigptv2"),
-        ("minigpt_v2", "tiny", {}, "minigptv2"),
-        # model_type decides for upstream presets, whatever the prompt settings say
-        ("minigpt4", "pretrain_vicuna0", {"prompt_template": "[INST] {} [/INST] "}, "vicuna0"),
-        # other v1 presets (tiny) follow their training prompt, then end_sym
-        ("minigpt4", "tiny", {"prompt_template": "###Human: {} ###Assistant: ", "end_sym": "###"}, "vicuna0"),
-        ("minigpt4", "tiny", {"end_sym": "###"}, "vicuna0"),
-        ("minigpt4", "tiny", {"prompt_template": "[INST] {} [/INST] ", "end_sym": "</s>"}, "llama2"),
-        ("minigpt4", "tiny", {"end_sym": "</s>"}, "llama2"),
-        ("minigpt_v2", "tiny", {"prompt_format": "tokenizer_chat_template"}, "chat_template"),
-    ],
-)
-def test_template_choice_rule(arch: str, model_type: str, extra: dict, expected: str) -> None:
-    cfg = OmegaConf.structured(ModelConfig(arch=arch, model_type=model_type, llama_model="x", **extra))
-    assert template_name_for(cfg) == expected
-
-
-def test_undecidable_v1_template_names_the_keys_to_set() -> None:
-    cfg = OmegaConf.structured(ModelConfig(arch="minigpt4", model_type="tiny", llama_model="x", end_sym="\n"))
-    with pytest.raises(TemplateError, match=r"model.prompt_template.*--template"):
-        template_name_for(cfg)
-
-
-def test_explicit_template_name_wins_and_unknown_is_refused() -> None:
-    cfg = OmegaConf.structured(ModelConfig(arch="minigpt_v2", model_type="pretrain", llama_model="x"))
-    assert template_for(cfg, name="vicuna0").name == "vicuna0"
-    with pytest.raises(TemplateError, match="unknown conversation template 'alpaca'"):
-        template_for(cfg, name="alpaca")
+def test_upstream_templates_by_name() -> None:
+    assert upstream_template("vicuna0").name == "vicuna0"
+    assert upstream_template("vicuna0") is not CONV_VISION_Vicuna0
+    with pytest.raises(TemplateError, match=r"unknown conversation template 'alpaca'; known: \['llama2', "):
+        upstream_template("alpaca")

@@ -219,9 +219,18 @@ def test_llm_activation_checkpointing_switch(tiny_model: Callable[..., Any]) -> 
     assert torch.allclose(plain.llama_proj.weight.grad, ckpt.llama_proj.weight.grad, atol=1e-6)
 
 
-def test_maybe_autocast_is_null_on_cpu(tiny_model: Callable[..., Any]) -> None:
+def test_model_opens_no_autocast_of_its_own(tiny_model: Callable[..., Any]) -> None:
+    """The caller's precision policy decides: no autocast without one, the policy's dtype inside one."""
     model = tiny_model("minigpt_v2", llm_precision="bf16")
-    with model.maybe_autocast():
-        assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+    seen = []
+    hook = model.llama_model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    try:
+        assert torch.isfinite(model(_batch())["loss"])  # image embeddings are cast to the LLM's dtype at the scatter
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(_batch())
+    finally:
+        hook.remove()
+    assert seen == [(False, torch.bfloat16), (True, torch.bfloat16)]
+    assert not hasattr(model, "maybe_autocast")
     assert model.llama_model.get_input_embeddings().weight.dtype == torch.bfloat16
-    assert torch.isfinite(model(_batch())["loss"])  # image embeddings are cast to the LLM's dtype at the splice
