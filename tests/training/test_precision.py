@@ -19,16 +19,20 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaConfig
 
 from train_support import REPO, tiny_options
 from minigpt4.common.config import Config, ConfigError, load_config
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import (FrozenStorage, PrecisionPolicy, apply_frozen_storage, frozen_storage,
                                        policy_from_run_config, resolve_precision_name, storage_precision)
+from minigpt4.common.registry import registry
 from minigpt4.runners.launch import build_runner
 from minigpt4.tasks.base_task import LoopContext
 
 TINY_V2 = REPO / "train_configs" / "tiny_minigpt_v2.yaml"
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                vocab_size=32000)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # ------------------------------------------------------------------------------------------- the documented table
@@ -156,6 +160,18 @@ def test_apply_rewrites_the_model_keys_and_logs(caplog: pytest.LogCaptureFixture
     records = list(dict.fromkeys(caplog.records))  # a record reaches the handler twice when the logger propagates
     notes = [r.getMessage() for r in records if "upstream key" in r.getMessage()]
     assert len(notes) == 1 and "model.llm_precision=fp16" in notes[0] and "stored in bf16" in notes[0]
+
+
+def test_flagship_v2_full_size_frozen_weights_stored_in_bf16_under_bf16_compute() -> None:
+    """The full-size v2 face config on ``meta`` (7B layout): under bf16 compute no frozen weight is stored in fp16
+    (the rule for every other combination is checked above)."""
+    cfg = _load_shipped("train_configs/minigptv2_finetune_gpt4vision.yaml")
+    apply_frozen_storage(cfg.model, PrecisionPolicy("bf16", "cuda"))
+    model = registry.get_model_class(cfg.model.arch).build_on_meta(cfg.model, LlamaConfig(**LLAMA_7B))
+    want = torch.bfloat16
+    frozen_llm = {p.dtype for n, p in model.llama_model.named_parameters() if not p.requires_grad}
+    frozen_vit = {m.weight.dtype for m in model.visual_encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    assert frozen_llm == {want} and frozen_vit == {want}
 
 
 @pytest.mark.parametrize("requested, amp, name", [("auto", True, "fp32"), ("bf16", True, "bf16"),
