@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = [_row(name, r) for name, r in splits.items()]
     if len(splits) > 1:
         rows.append(_row("ALL", total))
-    print(f"refusal detector on {os.path.normpath(args.file)} (refusal = positive class)")
+    print(f"refusal detector on {os.path.relpath(args.file)} (refusal = positive class)")
     print(format_table(rows, ["split", "answers", "refusals", "TP", "FP", "FN", "precision", "recall",
                               "hedged exact", "kept verbatim"]))
     if args.errors:
