@@ -73,7 +73,8 @@ def _cell_text(cell: Cell, config: str, column: str) -> str:
     if cell is None:
         return "refused: bf16 unsupported (set run.precision=auto)"
     compute, scaler, storage = cell
-    text = f"{compute}{' + GradScaler' if scaler else ''}; {storage}"
+    training = config.startswith("train_configs/")  # chat and evaluation compute no gradient: no GradScaler
+    text = f"{compute}{' + GradScaler' if scaler and training else ''}; {storage}"
     if column == "cpu" and "int8" in storage:
         text += " (8-bit loading needs CUDA: model.low_resource=False on CPU)"
     return text
