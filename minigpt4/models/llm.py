@@ -91,7 +91,8 @@ def _quantization_kwargs(device_8bit: int) -> Dict[str, Any]:
     if not torch.cuda.is_available():
         raise LLMLoadError(
             "model.low_resource: True loads the LLM in 8-bit with bitsandbytes, which needs a CUDA GPU; this machine "
-            "has none. Set --options model.low_resource=False (and model.llm_precision=fp32 or bf16 on CPU)"
+            "has none. Set --options model.low_resource=False (on CPU the LLM is then stored in fp32, or bf16 with "
+            "run.precision=bf16)"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise LLMLoadError(
