@@ -121,6 +121,11 @@ def test_checkpoint_without_config_keeps_the_yaml(tiny_files: Dict[str, str], tm
     plain = atomic_torch_save({"model": {"llama_proj.weight": torch.zeros(2, 2)}}, tmp_path / "released.pth")
     cfg = load_config(TINY_EVAL, _three(tiny_files, plain))
     assert cfg.model.lora_r == 4 and cfg.model.prompt_template == "[INST] {} [/INST]"
+    released = load_config(REPO / "eval_configs" / "minigptv2_eval.yaml", _three(tiny_files, plain),
+                           check_dataset_paths=False)
+    model = released.model
+    assert (model.model_type, model.lora_r, model.lora_alpha, model.prompt_template, model.end_sym, model.image_size) \
+        == ("pretrain", 64, 16, "[INST] {} [/INST]", "</s>", 448), "upstream's MiniGPT-v2 eval settings"
 
 
 def test_damaged_ckpt_is_one_line_naming_the_key(tiny_files: Dict[str, str], tmp_path: Path) -> None:
