@@ -214,6 +214,19 @@ def validation_loader(dataset: Dataset, *, batch_size: int, num_workers: int, ra
                       drop_last=False)
 
 
+def batch_collater(dataset: Any, model: Any) -> Optional[Callable[[List[Any]], Any]]:
+    """The loader ``collate_fn`` of ``dataset`` for ``model``: the dataset's ``collater``, then the model's sample
+    encoder (token ids, labels, image slots), both in the data-loader worker. Datasets without a collater, or models
+    without an encoder (test doubles), keep the plain collater."""
+    from minigpt4.prompting import EncodingCollater
+
+    collate = getattr(dataset, "collater", None)
+    encoder = getattr(model, "sample_encoder", None)
+    if collate is None or encoder is None:
+        return collate
+    return EncodingCollater(collate, encoder)
+
+
 def move_to_device(samples: Any, device: torch.device) -> Any:
     """Tensors (inside dicts/lists) onto ``device``; strings and numbers unchanged."""
     if isinstance(samples, torch.Tensor):

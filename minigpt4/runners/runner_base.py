@@ -33,7 +33,8 @@ from minigpt4.common.registry import registry
 from minigpt4.common.checkpoint_io import read_weights
 from minigpt4.runners.checkpointing import (BEST, LATEST, RESUME_KEY, CheckpointManager, ResumeTarget,
                                             atomic_write_json, capture_rng, load_weights, resolve_resume, restore_rng)
-from minigpt4.runners.loaders import MixingLoader, ResumableLoader, mix_seed, move_to_device, validation_loader
+from minigpt4.runners.loaders import (MixingLoader, ResumableLoader, batch_collater, mix_seed, move_to_device,
+                                      validation_loader)
 from minigpt4.runners.progress import Progress, WindowMeter
 from minigpt4.runners.settings import check_run_settings, output_root
 from minigpt4.tasks.base_task import LoopContext, LoopCounters
@@ -153,14 +154,14 @@ class RunnerBase:
                     train.append(ResumableLoader(
                         label, splits[split], batch_size=dcfg.batch_size, num_workers=run.num_workers,
                         seed=mix_seed(run.seed, k, len(train)), rank=self.rank, world_size=self.world_size,
-                        collate_fn=getattr(splits[split], "collater", None), pin_memory=pin))
+                        collate_fn=batch_collater(splits[split], self.unwrapped_model), pin_memory=pin))
                     ratios.append(float(dcfg.sample_ratio))
             for split in run.valid_splits:
                 if split in splits:
                     label = name if len(run.valid_splits) == 1 else f"{name}/{split}"
                     val[label] = validation_loader(
                         splits[split], batch_size=dcfg.batch_size, num_workers=run.num_workers, rank=self.rank,
-                        world_size=self.world_size, collate_fn=getattr(splits[split], "collater", None),
+                        world_size=self.world_size, collate_fn=batch_collater(splits[split], self.unwrapped_model),
                         pin_memory=pin, seed=run.seed)
         if self.world_size > 1 and any(ld.iterable for ld in train):
             logger.warning("iterable (streaming) train datasets are not sharded by the runner: each must split "
