@@ -11,6 +11,7 @@ from typing import Dict, Tuple
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_tolerance import fp32_tolerance
 from torch import nn
 
 from minigpt4.common.schema import VitConfig
@@ -296,5 +297,5 @@ def test_parity_vit_and_ln_vision(parity_root: Path, variant: str, exact_attenti
         vit_out = tower(expected["image"])
         ln_out = ln_vision(vit_out)
     assert vit_out.shape == expected["vit_out"].shape
-    assert (vit_out - expected["vit_out"]).abs().max().item() <= 1e-6
-    assert (ln_out - expected["ln_vision_out"]).abs().max().item() <= 1e-6
+    assert (vit_out - expected["vit_out"]).abs().max().item() <= fp32_tolerance(expected["vit_out"])
+    assert (ln_out - expected["ln_vision_out"]).abs().max().item() <= fp32_tolerance(expected["ln_vision_out"])

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 import torch
 from model_helpers import PARITY
+from parity_tolerance import fp32_tolerance
 
 from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import load_model_checkpoint
 
 VARIANTS = ["v1", "v1_llama2", "v2"]
-ATOL = 1e-6
 
 
 def _overrides(root: Path, export: Dict[str, Any]) -> Dict[str, Any]:
@@ -85,7 +85,10 @@ def parity(request: pytest.FixtureRequest) -> Dict[str, Any]:
     }
 
 
-def _close(name: str, ours: torch.Tensor, theirs: torch.Tensor, atol: float = ATOL) -> None:
+def _close(name: str, ours: torch.Tensor, theirs: torch.Tensor, atol: Optional[float] = None) -> None:
+    """``ours`` within ``atol`` of upstream (default: 1e-6, or 8 fp32 ulps at the tensor's scale; see
+    :mod:`parity_tolerance`)."""
+    atol = fp32_tolerance(theirs.float()) if atol is None else atol
     assert tuple(ours.shape) == tuple(theirs.shape), f"{name}: shape {tuple(ours.shape)} vs {tuple(theirs.shape)}"
     diff = (ours.detach().float() - theirs.float()).abs().max().item()
     assert diff <= atol, f"{name}: max abs diff {diff:.3g} > {atol}"
