@@ -183,7 +183,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         f"({summary.get('iters_per_epoch')} iterations each), {summary.get('global_step')} iterations, "
         f"{summary.get('optimizer_steps')} optimizer steps",
         f"  samples seen      {summary.get('samples_seen')} (all ranks; world size {summary.get('world_size')})",
-        f"  skipped images    {summary.get('skipped_images')}",
+        f"  skipped images    {summary.get('skipped_images')} "
+        f"({summary.get('skipped_batches', 0)} empty batches passed over)",
         f"  non-finite steps  {summary.get('nonfinite_steps')} skipped",
         f"  truncations       {', '.join(f'{k}={v}' for k, v in trunc.items()) if trunc else 'n/a'}",
         f"  final train loss  {num('final_train_loss')}   best val loss {num('best_val_loss')}",
