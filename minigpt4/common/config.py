@@ -487,7 +487,7 @@ def load_config(
     *,
     check_paths: bool = True,
     check_dataset_paths: Optional[bool] = None,
-    checkpoint_config: bool = True,
+    checkpoint_config: Optional[bool] = None,
 ) -> Config:
     """Load, merge and validate; raises :class:`ConfigError` listing every problem.
 
@@ -501,14 +501,17 @@ def load_config(
         check_paths: check that path values exist on disk (off for schema-only checks).
         check_dataset_paths: the same for the ``datasets`` section only (default: ``check_paths``); chat front
             ends turn it off, since upstream's eval YAMLs carry a dataset block they never read.
-        checkpoint_config: read the saved model section of ``model.ckpt``; training turns it off (a run that
-            starts from a FaceGPT checkpoint may change its settings).
+        checkpoint_config: read the saved model section of ``model.ckpt``. Default: on for chat and evaluation
+            configs (``check_dataset_paths=False``, or no ``datasets`` section), off for training configs (a run
+            that starts from a FaceGPT checkpoint may change its settings); evaluation tools pass True.
     """
     source = str(cfg_path) if cfg_path else "--options"
     user = _load_yaml(Path(cfg_path), "--cfg-path") if cfg_path else OmegaConf.create({})
     opts = parse_options(options)
     raw = OmegaConf.merge(user, opts)
     v = _Validator(check_paths)
+    if checkpoint_config is None:
+        checkpoint_config = check_dataset_paths is False or not raw.get("datasets")
     if checkpoint_config:
         raw, contradictions = merge_checkpoint_model(raw, [(source if cfg_path else "--cfg-path", user),
                                                            ("--options", opts)])

@@ -179,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.cfg_path, args.options)
+    cfg = load_config(args.cfg_path, args.options, checkpoint_config=True)  # the checkpoint's model section
     if args.dataset not in cfg.datasets:
         print(f"--dataset {args.dataset!r} is not in the config's datasets: {list(cfg.datasets)}", file=sys.stderr)
         return 2

@@ -138,3 +138,14 @@ def test_damaged_ckpt_is_one_line_naming_the_key(tiny_files: Dict[str, str], tmp
     cfg = load_config(TINY_EVAL, [f"model.ckpt={bad}", f"model.llama_model={tiny_files['llama_model']}"])
     with pytest.raises(WeightsFileError, match=r"checkpoint_3\.pth \(set by model\.ckpt\) is truncated or damaged"):
         registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+
+
+def test_training_config_is_not_overridden_by_its_starting_checkpoint(trained: Path, tiny_files: Dict[str, str],
+                                                                      facegpt_data_env: Path, tmp_path: Path) -> None:
+    """A run that starts from a FaceGPT checkpoint may change its settings: train configs do not read it."""
+    cfg = load_config(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, f"model.ckpt={trained}",
+                                            "model.ckpt_partial=True"))
+    assert cfg.model.lora_r == 4 and cfg.model.prompt_template == "[INST] {} [/INST]"
+    evaluated = load_config(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, f"model.ckpt={trained}"),
+                            checkpoint_config=True)  # what the evaluation tool asks for
+    assert (evaluated.model.lora_r, evaluated.model.prompt_template) == (LORA_R, TEMPLATE)
