@@ -1,6 +1,6 @@
 """``python -m minigpt4.tools.data <command>`` (console script ``facegpt-data``): FaceGPT's data tools.
 
-Commands: ``stats``, ``clean``, ``validate``, ``split``, ``synth``; ``--help`` on each lists its flags.
+Commands: ``stats``, ``clean``, ``validate``, ``split``, ``synth``, ``render``; ``--help`` on each lists its flags.
 Exit status: 0 on success, 1 when ``validate`` finds problems (or a programming error, with its traceback), 2 on
 bad input (a missing file, a malformed annotation file in ``stats``/``clean``/``split``): one line on stderr,
 ``facegpt-data <command>: <what, where, fix>``.
@@ -111,6 +111,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from minigpt4.tools.data_render import run
+
+    status, text = run(args)
+    print(text)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegpt-data", description="FaceGPT data tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--face-fraction", type=float, default=0.8, help="share of images that show a face")
     p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("render", help="one training sample as the model sees it (image slots, trained spans)")
+    from minigpt4.tools.data_render import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_render)
     return parser
 
 
