@@ -12,20 +12,29 @@ Two modes:
   lines keeps its line breaks: use ``--format jsonl`` to parse reliably); ``--format jsonl`` prints one JSON
   object ``{"question", "answer"}`` per line. Questions share one conversation unless ``--independent``.
 
-Exit status: 0 success, 1 a runtime error (image, model, generation), 2 a usage or config error, 130 interrupted
-(one-shot). Every error is one line on standard error, ``error: ...``; ``--debug`` shows the traceback instead.
+Input and output: questions are text; bytes that are not UTF-8 (typed, piped or in ``--prompt``) are replaced by
+U+FFFD with a note, and the chat goes on. An empty question (nothing visible) is refused with a message.
+Control characters in an answer (escape sequences, carriage returns, bidirectional overrides) are shown escaped
+(``\\x1b``); line breaks and tabs are kept. The saved transcript (``/save``) holds the answers unchanged.
+
+Exit status: 0 success, 1 a runtime error (generation, device, an unexpected failure), 2 a usage error or a fault
+in the user's input (flags, ``--options``, config, image, weights files), 130 interrupted (one-shot). Every error
+is one line on standard error, ``error: ...``; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
 import threading
+import unicodedata
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,18 +42,20 @@ from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
 from omegaconf import OmegaConf
 
-from minigpt4.common.config import ConfigError, add_config_args, load_config, parse_options
+from minigpt4.common.config import add_config_args, load_config, parse_options
+from minigpt4.common.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, is_user_error
+from minigpt4.common.errors import one_line as _error_line
 from minigpt4.common.logger import get_logger, setup_logging
 from minigpt4.conversation.chat import ContextTooLongError
-from minigpt4.conversation.conversation import TEMPLATES, TemplateError
-from minigpt4.conversation.factory import ChatSetupError, chat_from_config, resolve_device
+from minigpt4.conversation.conversation import TEMPLATES
+from minigpt4.conversation.factory import chat_from_config, resolve_device
 from minigpt4.conversation.generation import GenerationSettings, SettingsError
 from minigpt4.conversation.session import ChatSession, NoImageError
 from minigpt4.processors.image_io import ImageOpenError
 
 logger = get_logger(__name__)
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_RUNTIME, EXIT_USAGE = EXIT_FAILURE, EXIT_USER_ERROR
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,7 +98,47 @@ class DemoError(Exception):
 
 def one_line(err: BaseException) -> str:
     """An exception's message on one line."""
-    return " ".join(str(err).split()) or type(err).__name__
+    return _error_line(err)
+
+
+# ----------------------------------------------------------------------------- text in and out
+
+#: C0/C1 control characters except newline and tab, and the bidirectional embedding/override/isolate marks
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_C1_OR_DEL = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_INVISIBLE = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` safe for a terminal: control characters shown as escapes (``\\x1b``, ``\\r``, ``\\u202e``);
+    newlines and tabs kept."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def json_line(record: Dict[str, Any]) -> str:
+    """One JSON line with every control character escaped (JSON escapes C0 itself; DEL, C1 and bidi marks too)."""
+    text = json.dumps(record, ensure_ascii=False)
+    return _C1_OR_DEL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def clean_question(text: str) -> Tuple[str, bool]:
+    """``(text, replaced)``: bytes that were not UTF-8 (surrogate escapes from the terminal, a pipe or ``argv``)
+    become U+FFFD, so the tokenizer gets valid text; ``replaced`` tells whether there were any."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text, False
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), True
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text), True
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: empty, spaces, control or format characters only."""
+    return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
+
+
+NOT_UTF8_NOTE = "bytes that are not UTF-8 text were replaced by U+FFFD"
+EMPTY_QUESTION = "the question is empty (nothing visible to ask); type a question, or /help"
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -175,6 +226,7 @@ def run_demo(spec: DemoSpec, argv: Optional[Sequence[str]] = None, stdin: Option
         return int(exit_.code or 0)
     setup_logging(logging.WARNING if args.quiet else logging.INFO, stream=stderr)
     _quiet_library_noise(args.quiet)
+    _tolerate_undecodable_text(stdin, stdout, stderr)
     one_shot = bool(args.prompt) or not _isatty(stdin)
     try:
         try:
@@ -194,6 +246,18 @@ def run_demo(spec: DemoSpec, argv: Optional[Sequence[str]] = None, stdin: Option
     except KeyboardInterrupt:
         stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
+
+
+def _tolerate_undecodable_text(stdin: TextIO, *outputs: TextIO) -> None:
+    """Read bytes that are not UTF-8 as surrogate escapes (:func:`clean_question` turns them into U+FFFD) instead
+    of raising in ``input()``; write what the output encoding cannot hold as backslash escapes."""
+    for stream, errors in ((stdin, "surrogateescape"), *((out, "backslashreplace") for out in outputs)):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure):
+            try:
+                reconfigure(errors=errors)
+            except (ValueError, OSError, io.UnsupportedOperation):  # a closed or special stream: leave it
+                pass
 
 
 def _enable_ctrl_c() -> None:
@@ -220,12 +284,13 @@ def _start(spec: DemoSpec, args: argparse.Namespace, one_shot: bool) -> ChatSess
     """Check the cheap things first (flags, config, image path), then build the model and load the image."""
     settings = settings_from_args(args)
     if one_shot:  # fail before the (slow) model build; interactive mode reports a bad --image and goes on
+        args.prompt = _checked_prompts(args.prompt or [])
         if not args.image:
             raise DemoError("one-shot mode (--prompt or questions on standard input) needs --image PATH", EXIT_USAGE)
         if Path(args.image).expanduser().is_dir():
-            raise DemoError(f"--image {args.image} is a folder, not an image file", EXIT_RUNTIME)
+            raise DemoError(f"--image {args.image} is a folder, not an image file", EXIT_USAGE)
         if not Path(args.image).expanduser().is_file():
-            raise DemoError(f"image file not found: {args.image}", EXIT_RUNTIME)
+            raise DemoError(f"image file not found: {args.image}", EXIT_USAGE)
     cfg_path = resolve_cfg_path(spec, args.cfg_path)
     check_arch(spec, cfg_path, args.options)
     cfg = load_config(cfg_path, args.options, check_dataset_paths=False)  # chat reads no dataset
@@ -239,26 +304,29 @@ def _start(spec: DemoSpec, args: argparse.Namespace, one_shot: bool) -> ChatSess
     return session
 
 
+def _checked_prompts(prompts: Sequence[str]) -> list:
+    """``--prompt`` questions with undecodable bytes replaced; an empty one is a usage error."""
+    checked = []
+    for i, prompt in enumerate(prompts, 1):
+        text, replaced = clean_question(prompt)
+        if is_blank(text):
+            raise DemoError(f"--prompt #{i} is empty (nothing visible to ask); give a question", EXIT_USAGE)
+        if replaced:
+            logger.warning("--prompt #%d: %s", i, NOT_UTF8_NOTE)
+        checked.append(text.strip())
+    return checked
+
+
 def _as_demo_error(err: Exception) -> DemoError:
-    """Map an exception to a one-line message and exit status."""
+    """Map an exception to a one-line message and exit status: 2 for a fault in the user's input (config, flags,
+    image, weights files; see :func:`minigpt4.common.errors.is_user_error`), 1 for anything else."""
     if isinstance(err, DemoError):
         return err
-    if isinstance(err, ConfigError):
-        return DemoError(config_error_line(err), EXIT_USAGE)
-    if isinstance(err, (SettingsError, TemplateError, ChatSetupError)):
+    if is_user_error(err):  # ConfigError, SettingsError, TemplateError, ChatSetupError, ImageOpenError, ...
         return DemoError(one_line(err), EXIT_USAGE)
-    if isinstance(err, (ImageOpenError, ContextTooLongError, NoImageError)):
-        return DemoError(one_line(err), EXIT_RUNTIME)
     if isinstance(err, (OSError, ValueError, RuntimeError, KeyError, ImportError)):
         return DemoError(f"{type(err).__name__}: {one_line(err)} (run with --debug for the traceback)", EXIT_RUNTIME)
     return DemoError(f"{type(err).__name__}: {one_line(err)}", EXIT_RUNTIME)
-
-
-def config_error_line(err: ConfigError) -> str:
-    """Every problem of a :class:`ConfigError` on one line, each with its ``--options`` fix."""
-    header = str(err).splitlines()[0].rstrip(":")  # "N problem(s) in <config>"
-    parts = [f"{p.key}: {p.message}" + (f" (fix: --options {p.fix})" if p.fix else "") for p in err.problems]
-    return f"{header}: " + "; ".join(parts)
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -270,21 +338,34 @@ def _isatty(stream: TextIO) -> bool:
 
 def _run_one_shot(session: ChatSession, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     """Answer every ``--prompt`` (or stdin line) and print only the answers."""
-    questions = list(args.prompt or [])
+    questions = list(args.prompt or []) or _stdin_questions(stdin)
     if not questions:
-        questions = [line.strip() for line in stdin if line.strip()]
-        if not questions:
-            logger.warning("no questions: give --prompt or write questions on standard input, one per line")
+        logger.warning("no questions: give --prompt or write questions on standard input, one per line")
     for i, question in enumerate(questions):
         if args.independent and i:
             session.reset()
         reply = session.ask(question)
         if args.format == "jsonl":
-            stdout.write(json.dumps({"question": question, "answer": reply.text}, ensure_ascii=False) + "\n")
+            stdout.write(json_line({"question": question, "answer": reply.text}) + "\n")
         else:
-            stdout.write(reply.text + "\n")
+            stdout.write(escape_controls(reply.text) + "\n")
         stdout.flush()
     return EXIT_OK
+
+
+def _stdin_questions(stdin: TextIO) -> list:
+    """The questions on standard input, one per line: blank lines skipped, lines with nothing visible refused with
+    a note, undecodable bytes replaced (with a note)."""
+    questions = []
+    for number, line in enumerate(stdin, 1):
+        text, replaced = clean_question(line.strip())
+        if replaced:
+            logger.warning("standard input line %d: %s", number, NOT_UTF8_NOTE)
+        if text and is_blank(text):
+            logger.warning("standard input line %d: %s", number, EMPTY_QUESTION.split(";")[0] + "; skipped")
+        elif text:
+            questions.append(text)
+    return questions
 
 
 # ------------------------------------------------------------------------------- interactive
@@ -338,6 +419,9 @@ class InteractiveChat:
                 except (EOFError, KeyboardInterrupt):
                     self.say("")
                     return EXIT_OK
+                except UnicodeDecodeError:  # a stream that cannot be told to tolerate undecodable bytes
+                    self.error("the line is not UTF-8 text; type it again")
+                    continue
                 line = line.strip()
                 if not line:
                     continue
@@ -345,7 +429,7 @@ class InteractiveChat:
                     if not self.command(line):
                         return EXIT_OK
                     continue
-                self.answer(line)
+                self.ask(line)
         finally:
             self._save_history()
 
@@ -386,7 +470,7 @@ class InteractiveChat:
         self.say("New conversation" + (f" about {self.session.image_source}." if self.session.has_image else "."))
 
     def cmd_show(self, arg: str) -> None:
-        self.say(self.session.transcript_text())
+        self.say(escape_controls(self.session.transcript_text()))
 
     def cmd_save(self, arg: str) -> None:
         path = _unquote(arg)
@@ -403,6 +487,16 @@ class InteractiveChat:
     def cmd_help(self, arg: str) -> None:
         self.say(HELP_TEXT)
 
+    def ask(self, line: str) -> None:
+        """Answer a typed question: undecodable bytes replaced (with a note), an empty question refused."""
+        question, replaced = clean_question(line)
+        if replaced:
+            self.error(f"note: {NOT_UTF8_NOTE}")
+        if is_blank(question):
+            self.error(EMPTY_QUESTION)
+            return
+        self.answer(question)
+
     def answer(self, question: str) -> None:
         """Stream the answer to ``question``; Ctrl-C stops it and keeps what was printed."""
         try:
@@ -414,7 +508,7 @@ class InteractiveChat:
         self.out.flush()
         try:
             for piece in stream:
-                self.out.write(piece)
+                self.out.write(escape_controls(piece))
                 self.out.flush()
         except KeyboardInterrupt:
             _cancel_quietly(stream)

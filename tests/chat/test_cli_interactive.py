@@ -168,3 +168,25 @@ def test_ctrl_c_stops_an_answer_then_leaves_at_the_prompt(terminal, tiny_options
     term.send("\x03")  # Ctrl-C at the prompt leaves cleanly
     assert term.wait() == 0
     assert "Traceback" not in term.screen
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_bytes_that_are_not_utf8_and_empty_questions_keep_the_chat_alive(
+        terminal, errors: str, tiny_options: List[str], face_image: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typed byte that is not UTF-8 (a terminal set to another encoding) is replaced by U+FFFD, whatever
+    error mode the locale gives standard input; a question with nothing visible is refused; the chat goes on."""
+    monkeypatch.setenv("PYTHONIOENCODING", f"utf-8:{errors}")
+    term = terminal([str(DEMO["minigpt_v2"]), "--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options",
+                     *tiny_options, "--image", str(face_image), "--max-new-tokens", "4", "-q"], tmp_path)
+    term.expect(r"Loaded .*face\.png; new conversation\.\n" + PROMPT)
+    term.line("\u200b")  # a zero-width space: nothing to ask
+    term.expect(r"error: the question is empty \(nothing visible to ask\); type a question, or /help\n" + PROMPT)
+    os.write(term.master, b"caf\xff au lait?\r")  # 0xff is never UTF-8; readline passes it on
+    term.expect(r"error: note: bytes that are not UTF-8 text were replaced by U\+FFFD\n")
+    term.expect(r"Assistant: [^\n]*\n" + PROMPT)
+    term.line("/show")
+    term.expect("You: caf\ufffd au lait\\?\n")
+    term.line("/quit")
+    assert term.wait() == 0
+    assert "Traceback" not in term.screen and "pybind11" not in term.screen
