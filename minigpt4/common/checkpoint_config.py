@@ -128,8 +128,10 @@ def merge_checkpoint_model(raw: DictConfig, sources: Sequence[Tuple[str, DictCon
         return raw, []
     try:
         saved_cfg = read_saved_config(ckpt)
-    except WeightsFileError as err:  # reported, as one line, when the model loads the file
-        logger.debug("no saved config read from %s: %s", ckpt, err)
+    except WeightsFileError as err:
+        if ckpt.stat().st_size > 0:
+            raise  # truncated or garbage: one line now, before minutes of model building
+        logger.debug("no saved config read from %s: %s", ckpt, err)  # an empty stand-in: the model load reports it
         return raw, []
     if saved_cfg is None:
         return raw, []

@@ -135,8 +135,11 @@ def test_damaged_ckpt_is_one_line_naming_the_key(tiny_files: Dict[str, str], tmp
     bad = tmp_path / "checkpoint_3.pth"
     atomic_torch_save({"model": {"w": torch.randn(32, 32)}, "config": {"model": {}}}, bad)
     bad.write_bytes(bad.read_bytes()[:300])
-    cfg = load_config(TINY_EVAL, [f"model.ckpt={bad}", f"model.llama_model={tiny_files['llama_model']}"])
     with pytest.raises(WeightsFileError, match=r"checkpoint_3\.pth \(set by model\.ckpt\) is truncated or damaged"):
+        load_config(TINY_EVAL, [f"model.ckpt={bad}", f"model.llama_model={tiny_files['llama_model']}"])
+    bad.write_bytes(b"")  # an empty stand-in passes the config check; loading the model names the fault
+    cfg = load_config(TINY_EVAL, [f"model.ckpt={bad}", f"model.llama_model={tiny_files['llama_model']}"])
+    with pytest.raises(WeightsFileError, match=r"checkpoint_3\.pth \(set by model\.ckpt\) is empty \(0 bytes\)"):
         registry.get_model_class(cfg.model.arch).from_config(cfg.model)
 
 
@@ -149,3 +152,16 @@ def test_training_config_is_not_overridden_by_its_starting_checkpoint(trained: P
     evaluated = load_config(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, f"model.ckpt={trained}"),
                             checkpoint_config=True)  # what the evaluation tool asks for
     assert (evaluated.model.lora_r, evaluated.model.prompt_template) == (LORA_R, TEMPLATE)
+
+
+def test_demo_reports_a_truncated_ckpt_in_one_line(trained: Path, tiny_files: Dict[str, str], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "checkpoint_0.pth"
+    bad.write_bytes(trained.read_bytes()[:4096])
+    monkeypatch.chdir(REPO)
+    status = _demo_main(["--options", *_three(tiny_files, bad), "model.low_resource=False", "--device", "cpu",
+                         "--image", str(REPO / "README.md"), "--prompt", QUESTION])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err, err
+    assert f"{bad} (set by model.ckpt) is truncated or damaged (4096 bytes" in err[-1] and "Traceback" not in err[-1]
