@@ -167,3 +167,21 @@ def test_damaged_file_is_one_line_naming_file_fault_and_key(tmp_path: Path, faul
     with pytest.raises(WeightsFileError, match=expected) as info:
         torch_load_weights(path, what="a checkpoint", key="model.ckpt")
     assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_damaged_vision_files_name_their_config_keys(tmp_path: Path) -> None:
+    """A truncated eva_vit_g.pth / BLIP-2 file: one line naming the file, the fault and model.vit_ckpt /
+    model.q_former_model (the loaders the model builder calls)."""
+    from minigpt4.models.eva_vit import build_eva_vit, build_ln_vision, load_eva_vit_weights
+    from minigpt4.models.qformer import build_qformer, load_blip2_qformer
+    from minigpt4.tools.tiny_weights import tiny_dims, write_tiny_blip2, write_tiny_eva
+
+    vit_cfg, q_cfg, queries = tiny_dims()
+    eva, blip2 = write_tiny_eva(tmp_path / "eva_vit_g.pth"), write_tiny_blip2(tmp_path / "blip2.pth")
+    for path in (eva, blip2):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(WeightsFileError, match=r"eva_vit_g\.pth \(set by model\.vit_ckpt\) is truncated or damaged"):
+        load_eva_vit_weights(build_eva_vit(vit_cfg, 224), eva)
+    qformer, query_tokens = build_qformer(q_cfg, queries, vit_cfg.embed_dim)
+    with pytest.raises(WeightsFileError, match=r"blip2\.pth \(set by model\.q_former_model\) is truncated or dam"):
+        load_blip2_qformer(qformer, query_tokens, build_ln_vision(vit_cfg.embed_dim), blip2)
