@@ -130,9 +130,12 @@ FAULTS = {"record without image": _no_image, "assistant speaks first": _assistan
           "list where an object is expected": _list_for_object}
 
 
+PROGRESS = re.compile(r"\d+/\d+ \[[\d:<?]+")  # a progress bar (transformers loading weights)
+
+
 def _error_lines(stderr: str) -> List[str]:
-    """What stderr shows besides log records."""
-    return [ln for ln in stderr.splitlines() if ln.strip() and not LOG_LINE.match(ln)]
+    """What stderr shows besides log records and progress bars."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not LOG_LINE.match(ln) and not PROGRESS.search(ln)]
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -156,6 +159,27 @@ def test_train_reports_a_data_fault_as_one_line_with_status_2(fault: str, train_
         assert "invalid JSON" not in lines[0]
     if fault == "annotation file missing":
         assert "record(s) from sections" not in err, "caught when the config is loaded, before any dataset is read"
+
+
+def test_strict_image_error_from_a_dataloader_worker_is_one_line(train_module: ModuleType, synth_data_root: Path,
+                                                                  tiny_weight_options: List[str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """The missing image is found inside a data-loader worker process (torch re-raises its error in the trainer)."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_data_root / "ShareGPTData", root / "ShareGPTData")
+    shutil.copytree(synth_data_root / "GPT4VisionData", root / "GPT4VisionData")
+    images = sorted(p for p in (root / "ShareGPTData" / "Images").rglob("*") if p.is_file())
+    for image in images:
+        image.unlink()
+    monkeypatch.setenv("FACEGPT_DATA", str(root))
+    status = train_module.main(["--cfg-path", str(REPO / "train_configs" / "tiny_minigpt_v2.yaml"), "--options",
+                                *tiny_weight_options, f"run.output_dir={tmp_path / 'out'}", "run.num_workers=1",
+                                "datasets.sharegpt_face.strict_images=True", "run.valid_splits=[]"])
+    lines = _error_lines(capsys.readouterr().err)
+    assert status == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("train.py: ") and str(root / "ShareGPTData" / "Images") in lines[0]
+    assert "Traceback" not in lines[0] and "DataLoader worker" not in lines[0], lines
 
 
 def _train_cmd(options: List[str], out: Path) -> List[str]:
@@ -301,4 +325,9 @@ def test_one_line_keeps_the_original_message_of_a_dataloader_worker_error() -> N
                '  File "x.py", line 1, in f\n    raise ImageOpenError(...)\n'
                "minigpt4.processors.image_io.ImageOpenError: cannot decode image /d/a.jpg: truncated\n")
     assert one_line(RuntimeError(message)) == "cannot decode image /d/a.jpg: truncated"
+    import minigpt4.processors.image_io  # noqa: F401  (imported by the parent process of the workers)
+
+    assert is_user_error(RuntimeError(message)), "torch re-raises it as a RuntimeError: still the user's image"
+    assert not is_user_error(RuntimeError(message.replace("minigpt4.processors.image_io.ImageOpenError",
+                                                          "ZeroDivisionError")))
     assert flatten("3 problem(s):\n  - a: x\n  - b: y\nFix: z") == "3 problem(s): a: x; b: y. Fix: z"

@@ -71,16 +71,37 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def is_user_error(err: BaseException) -> bool:
-    """True for an exception caused by the user's input (see the module docstring for the rules)."""
-    if isinstance(err, UserError) or (_registered and isinstance(err, tuple(_registered))):
+def _is_user_error_class(cls: type) -> bool:
+    if issubclass(cls, UserError) or any(issubclass(cls, r) for r in _registered):
         return True
-    for cls in type(err).__mro__:
-        if _qualified(cls) in USER_ERROR_NAMES:
+    for base in cls.__mro__:
+        if _qualified(base) in USER_ERROR_NAMES:
             return True
-        if cls.__module__.split(".")[0] == _PACKAGE and issubclass(cls, ValueError):
+        if base.__module__.split(".")[0] == _PACKAGE and issubclass(base, ValueError):
             return True
     return False
+
+
+def _worker_error_class(err: BaseException) -> Optional[type]:
+    """The class of the original exception when ``err`` re-raises one from a ``DataLoader`` worker (torch wraps
+    it in a ``RuntimeError`` whose message ends with the original ``module.Class: message`` line)."""
+    text = str(err)
+    if _WORKER_TRACEBACK not in text:
+        return None
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    match = re.match(r"^([A-Za-z_][\w.]*)\.([A-Za-z_]\w*): ", last)
+    module = sys.modules.get(match.group(1)) if match else None
+    cls = getattr(module, match.group(2), None) if match else None
+    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+
+
+def is_user_error(err: BaseException) -> bool:
+    """True for an exception caused by the user's input (see the module docstring for the rules), also when a
+    ``DataLoader`` worker raised it."""
+    if _is_user_error_class(type(err)):
+        return True
+    original = _worker_error_class(err)
+    return original is not None and _is_user_error_class(original)
 
 
 def flatten(text: str) -> str:
