@@ -28,6 +28,7 @@ saved in ``--dtype`` (``auto``: the base LLM's own dtype from its ``config.json`
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -62,6 +63,8 @@ CARD_FILE = "README.md"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+#: storage settings the export loads the model with (merging in full precision); the exported config keeps the user's
+FULL_PRECISION = {"llm_precision": "fp32", "vit_precision": "fp32", "low_resource": False, "llm_quantization": "none"}
 _TORCH_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -79,6 +82,7 @@ class ExportResult:
     dtype: str
     files: List[str] = field(default_factory=list)
     tensors: Dict[str, int] = field(default_factory=dict)  # file -> tensor count
+    notes: List[str] = field(default_factory=list)  # shown in the model card
 
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -109,8 +113,9 @@ def load_for_export(cfg: Config) -> nn.Module:
     """The model of ``cfg`` on the CPU with every weight in fp32 (merging in full precision), in eval mode."""
     from minigpt4.common.registry import registry
 
-    for key, value in (("llm_precision", "fp32"), ("vit_precision", "fp32"), ("low_resource", False)):
-        OmegaConf.update(cfg.model, key, value)
+    for key, value in FULL_PRECISION.items():
+        if key in cfg.model:
+            OmegaConf.update(cfg.model, key, value)
     model = registry.get_model_class(cfg.model.arch).from_config(cfg.model)
     return model.eval()
 
@@ -142,9 +147,34 @@ def merged_llm(model: nn.Module) -> nn.Module:
     return model.llama_model.merge_and_unload()
 
 
+def plain_llm(llm: nn.Module) -> nn.Module:
+    """``llm`` itself, or for an LLM read from a ``.gguf`` file (which transformers marks as quantized and refuses
+    to save) a plain copy of its dequantized weights."""
+    quantizer = getattr(llm, "hf_quantizer", None)
+    if quantizer is None:
+        return llm
+    method = getattr(quantizer.quantization_config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        raise ExportError(f"the LLM is quantized ({method}); export it from a non-quantized load: "
+                          "--options model.low_resource=False (and no model.llm_quantization)")
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(llm.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    try:
+        plain.load_state_dict(llm.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ExportError("the .gguf LLM keeps its weights in GGUF blocks (a GGUF kernel is installed), so they "
+                          f"cannot be saved as plain tensors: {str(err).splitlines()[0]}") from err
+    logger.info("LLM read from a .gguf file: saving a plain copy of its dequantized weights")
+    return plain
+
+
 def save_llm(llm: nn.Module, folder: Path, dtype: str) -> None:
     """``save_pretrained`` in ``dtype`` (safetensors, shards of at most 5 GB)."""
-    llm = llm.to(DTYPES[dtype])
+    llm = plain_llm(llm).to(DTYPES[dtype])
     llm.config.use_cache = True  # training may have turned it off for activation checkpointing
     llm.save_pretrained(str(folder), max_shard_size="5GB", safe_serialization=True)
 
@@ -162,7 +192,7 @@ def save_tokenizer(model: nn.Module, llama_model: str, folder: Path) -> List[str
             raise ExportError(f"model.llama_model={llama_model}: the folder has none of the tokenizer files "
                               f"{', '.join(TOKENIZER_FILES)}; the exported llm/ folder would have no tokenizer")
         return copied
-    hf_tokenizer = getattr(model.tokenizer, "tokenizer", None)
+    hf_tokenizer = getattr(model.tokenizer, "tok", None)  # HFTokenizer keeps the transformers tokenizer here
     if hf_tokenizer is None or not hasattr(hf_tokenizer, "save_pretrained"):
         raise ExportError(f"model.llama_model={llama_model}: its tokenizer cannot be saved as Hugging Face files")
     return [Path(p).name for p in hf_tokenizer.save_pretrained(str(folder))]
@@ -232,20 +262,25 @@ def write_vision(model: nn.Module, staging: Path, dtype: str, result: ExportResu
 
 def exported_config(cfg: Config, out: Path, file_keys: Dict[str, Optional[str]],
                     original: Dict[str, Any]) -> Dict[str, Any]:
-    """The FaceGPT config of the export: the model section with this folder's files, processors, a run stub."""
+    """The FaceGPT config of the export: the model section with this folder's files, processors, a run stub, and
+    the datasets of ``cfg`` (so that the evaluation tool can score the export on the run's held-out split)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.update(original)  # the user's storage settings, not the export's fp32
     model.update({"llama_model": str(out / LLM_DIR), "lora_r": 0, "ckpt_partial": False,
                   **{k: (str(out / v) if v else None) for k, v in file_keys.items()}})
     preprocess = OmegaConf.to_container(cfg.preprocess, resolve=True)
     run = {"task": cfg.run.task or "image_text_pretrain", "precision": cfg.run.precision}
-    return {"model": model, "preprocess": preprocess, "run": run}
+    config = {"model": model, "preprocess": preprocess, "run": run}
+    if cfg.datasets:
+        config["datasets"] = OmegaConf.to_container(cfg.datasets, resolve=True)
+    return config
 
 
-def write_config(config: Dict[str, Any], path: Path, ckpt: Optional[str]) -> None:
+def write_config(config: Dict[str, Any], path: Path, final: Path, ckpt: Optional[str]) -> None:
+    """``config`` as YAML at ``path`` (its final place is ``final``), with a header saying how to use it."""
     header = (f"# FaceGPT export of {ckpt or 'the base weights'} (facegpt-export, "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC).\n"
-              f"# Chat: python demo_v2_command_line.py --cfg-path {path} --image face.jpg\n"
+              f"# Chat: python demo_v2_command_line.py --cfg-path {final} --image face.jpg\n"
               "# Paths are absolute: after moving the folder, run the export again or edit them.\n")
     text = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
@@ -266,7 +301,8 @@ def model_card(result: ExportResult, cfg: Config, ckpt: Optional[str], info: Dic
     m = cfg.model
     lines = [f"# FaceGPT export ({m.arch}, {m.model_type})", "",
              f"Exported from `{ckpt or '(no checkpoint: base weights)'}` with `facegpt-export`. Base LLM: "
-             f"`{m.llama_model}`; vision tower `{m.vit_ckpt}`.", "", "## Files", ""]
+             f"`{m.llama_model}`; vision tower: " + (f"`{m.vit_ckpt}`" if m.vit_ckpt else "random init") + ".",
+             "", "## Files", ""]
     lines.append(f"- `{LLM_DIR}/`: the language model " + (
         f"with the LoRA (r={original_lora(info, cfg)}) merged" if result.lora else "(no LoRA: the base LLM, saved)")
         + f", Hugging Face format, {result.dtype}. `AutoModelForCausalLM.from_pretrained(\"{LLM_DIR}\")`.")
@@ -283,6 +319,7 @@ def model_card(result: ExportResult, cfg: Config, ckpt: Optional[str], info: Dic
               f"model.llama_model={result.out / LLM_DIR} model.vit_ckpt={result.out / TOWER_FILE}", "```", "",
               "## Prompt format", "", f"- prompt_format: `{m.prompt_format}`",
               f"- prompt_template: `{m.prompt_template}`", f"- end_sym: `{m.end_sym!r}`", ""]
+    lines += [f"Note: {note}." for note in result.notes] + ([""] if result.notes else [])
     lines += _training_section(info)
     return "\n".join(lines) + "\n"
 
@@ -322,10 +359,13 @@ def export(cfg: Config, out: Path, dtype: str = "auto", overwrite: bool = False)
     out = out.expanduser().resolve()
     _check_out(out, overwrite)
     ckpt = cfg.model.ckpt or None
-    original = {k: cfg.model[k] for k in ("llm_precision", "vit_precision", "low_resource")}
+    original = {k: cfg.model[k] for k in FULL_PRECISION if k in cfg.model}
     dtype = source_dtype(cfg.model.llama_model) if dtype == "auto" else dtype
     model = load_for_export(cfg)
     result = ExportResult(out, str(cfg.model.arch), has_lora(model), dtype)
+    if original.get("low_resource") or original.get("llm_quantization", "none") != "none":
+        result.notes.append("the LoRA was trained on a quantized base LLM (low_resource / llm_quantization) and is "
+                            "merged here into the full-precision base weights")
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
@@ -351,7 +391,7 @@ def _write_all(model: nn.Module, cfg: Config, staging: Path, out: Path, result: 
     save_llm(merged_llm(model), staging / LLM_DIR, result.dtype)
     save_tokenizer(model, str(cfg.model.llama_model), staging / LLM_DIR)
     info = run_info(ckpt)
-    write_config(exported_config(cfg, out, file_keys, original), staging / CONFIG_FILE, ckpt)
+    write_config(exported_config(cfg, out, file_keys, original), staging / CONFIG_FILE, out / CONFIG_FILE, ckpt)
     card = model_card(result, cfg, ckpt, info)
     atomic_write(staging / CARD_FILE, lambda fh: fh.write(card.encode("utf-8")))
 

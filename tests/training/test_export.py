@@ -156,3 +156,35 @@ def test_non_empty_out_folder_is_one_line_exit_2(tmp_path: Path, capsys: pytest.
     assert status == 2 and err.count("\n") == 1
     assert f"--out {out} exists and is not empty; choose a new folder or add --overwrite" in err
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_evaluation_scores_the_export_as_the_checkpoint(v2: Dict[str, Path], train_data: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation tool reads the export's config (its datasets are the run's) and scores as the checkpoint."""
+    from minigpt4.tools import evaluate
+
+    monkeypatch.setenv("FACEGPT_DATA", str(train_data))
+    reports = []
+    for name, argv in (("ckpt", ["--cfg-path", str(v2["ckpt"].parent / "config.yaml"), "--options",
+                                 f"model.ckpt={v2['ckpt']}"]),
+                       ("export", ["--cfg-path", str(v2["out"] / "facegpt.yaml")])):
+        assert evaluate.main([*argv, "--max-per-section", "3", "--json", str(tmp_path / f"{name}.json")]) == 0
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert reports[0] == reports[1] and reports[0]["sections"], reports
+
+
+@pytest.mark.slow  # SmolLM2-135M from its .gguf file: about 3 minutes on 2 busy cores
+def test_smollm2_gguf_llm_exports_as_a_plain_hf_folder(tmp_path: Path, train_data: Path) -> None:
+    """The demo's LLM is read from a .gguf file (transformers marks it quantized): the export saves plain weights
+    and the exported folder chats with the same greedy ids."""
+    from minigpt4.models.llm import smollm2_gguf_path
+
+    cfg_path = REPO / "eval_configs" / "demo_smollm2_eval.yaml"
+    options = [f"model.llama_model={smollm2_gguf_path()}", "model.ckpt=''"]
+    torch.manual_seed(0)  # the demo's tower is random: the export and the reference build the same one
+    assert export.main(["--cfg-path", str(cfg_path), "--options", *options, "--out", str(tmp_path / "smol")]) == 0
+    assert (tmp_path / "smol" / "llm" / "tokenizer.json").is_file()
+    torch.manual_seed(0)
+    image = _image(train_data)
+    expected = _ask(cfg_path, options, image)
+    assert _ask(tmp_path / "smol" / "facegpt.yaml", [], image)[:2] == expected[:2]
