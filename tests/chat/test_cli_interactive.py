@@ -22,6 +22,8 @@ from typing import List
 
 import pytest
 
+from minigpt4.conversation.cli import escape_controls
+
 from chat_demo_helpers import DEMO, TINY_EVAL, demo_env
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[=>]|\r")
@@ -135,7 +137,8 @@ def test_load_ask_twice_reset_ask_quit(terminal, tiny_options: List[str], face_i
     term.line(f"/save {tmp_path / 'chat.json'}")
     term.expect(r"Saved the transcript to .*chat\.json\.")
     saved = json.loads((tmp_path / "chat.json").read_text())
-    assert saved["turns"] == [{"user": "What is in the picture?", "assistant": again}]
+    assert [t["user"] for t in saved["turns"]] == ["What is in the picture?"]
+    assert escape_controls(saved["turns"][0]["assistant"]) == again, "saved as generated, shown escaped"
     assert saved["template"] == "minigptv2" and saved["settings"]["max_new_tokens"] == 12
     term.line("/set temperature=hot")
     term.expect(r"error: temperature must be a number, got 'hot'.*" + PROMPT)
