@@ -238,8 +238,8 @@ class Dims:
 
 FULL = Dims("pretrain", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                              vocab_size=32000), None, 448, 64, 1024, (1, 4), (1, 8), 64, 3)
-TINY = Dims("tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4), None,
-            224, 4, 128, (1, 2), (1, 2), 4, 1)
+TINY = Dims("tiny", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=512), dict(embed_dim=32, depth=2, num_heads=2), 224, 4, 128, (1, 2), (1, 2), 4, 1)
 
 
 @dataclass
@@ -283,18 +283,15 @@ def peak_tflops(device_name: str, override: Optional[float]) -> Optional[float]:
 
 
 def write_random_weights(dims: Dims, folder: Path, device: torch.device) -> Dict[str, str]:
-    """A random LLaMA folder (test SentencePiece tokenizer) and a random EVA file, as ``--options`` paths.
+    """A random LLaMA folder (the tests' SentencePiece tokenizer) and a random EVA file (LAVIS layout), as the
+    paths of ``model.llama_model`` / ``model.vit_ckpt``.
 
-    Full size: weights are initialised on ``device`` in bf16 and written once (about 15 GB); the tokenizer is the
-    tests' small SentencePiece model, whose ids all lie inside the 32000-row embedding.
+    Weights are initialised on ``device`` in bf16 and written once (full size: about 15 GB); the tokenizer's 512
+    ids all lie inside the LLM's embedding (32000 rows at full size).
     """
-    from minigpt4.tools.tiny_llm import DEFAULT_TOKENIZER, write_tiny_llama, write_tokenizer_files
-    from minigpt4.tools.tiny_weights import write_tiny_eva
+    from minigpt4.tools.tiny_llm import DEFAULT_TOKENIZER, write_tokenizer_files
 
     folder.mkdir(parents=True, exist_ok=True)
-    if dims is TINY:
-        llm = write_tiny_llama(folder / "llm", **{k: v for k, v in dims.llm.items() if k != "vocab_size"})
-        return {"llama_model": str(llm), "vit_ckpt": str(write_tiny_eva(folder / "eva.pth", dims.image_size))}
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
 
     from minigpt4.common.checkpoint_io import atomic_torch_save
@@ -317,7 +314,21 @@ def write_random_weights(dims: Dims, folder: Path, device: torch.device) -> Dict
     return {"llama_model": str(folder / "llm"), "vit_ckpt": str(folder / "eva.pth")}
 
 
-def build_model(dims: Dims, files: Dict[str, str], device: torch.device, quantization: str = "none") -> Any:
+def model_config(dims: Dims, files: Optional[Dict[str, str]] = None, quantization: str = "none") -> Any:
+    """The typed MiniGPT-v2 model section of ``dims`` (the preset, its sizes, LoRA rank, half storage)."""
+    from minigpt4.common.registry import registry
+
+    overrides: Dict[str, Any] = {"model_type": dims.model_type, "image_size": dims.image_size, "lora_r": dims.lora_r,
+                                 "llm_precision": "bf16", "vit_precision": "bf16", **(files or {})}
+    if dims.vit:
+        overrides["vit_config"] = dict(dims.vit)
+    if quantization != "none":
+        overrides["llm_quantization"] = quantization
+    return registry.get_model_class("minigpt_v2").default_config(dims.model_type, overrides)
+
+
+def build_model(dims: Dims, files: Dict[str, str], device: torch.device, quantization: str = "none"
+                ) -> Tuple[Any, Any]:
     """MiniGPT-v2 through ``from_config`` (the users' path) with the run's precision policy (bf16) applied."""
     from omegaconf import OmegaConf
 
@@ -325,12 +336,7 @@ def build_model(dims: Dims, files: Dict[str, str], device: torch.device, quantiz
     from minigpt4.common.registry import registry
 
     cls = registry.get_model_class("minigpt_v2")
-    overrides = {"model_type": dims.model_type, "llama_model": files["llama_model"], "vit_ckpt": files["vit_ckpt"],
-                 "image_size": dims.image_size, "lora_r": dims.lora_r, "llm_precision": "bf16",
-                 "vit_precision": "bf16"}
-    if quantization != "none":
-        overrides["llm_quantization"] = quantization
-    cfg = OmegaConf.create({"model": cls.default_config(dims.model_type, overrides), "run": {"precision": "bf16"}})
+    cfg = OmegaConf.create({"model": model_config(dims, files, quantization), "run": {"precision": "bf16"}})
     policy = configure_model_precision(cfg, device)
     model = cls.from_config(cfg.model)
     if quantization == "none":

@@ -62,3 +62,23 @@ def test_peak_tflops_from_the_device_name() -> None:
     assert gpu_check.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312.0
     assert gpu_check.peak_tflops("NVIDIA A100-SXM4-80GB", 100.0) == 100.0
     assert gpu_check.peak_tflops("Some Future GPU", None) is None
+
+
+def test_full_size_dimensions_are_llama2_7b_eva_g_448_lora_64() -> None:
+    """The acceptance model on the meta device: LLaMA-2-7B's 6,738,415,616 LLM weights, EVA-ViT-g at 448 (256
+    merged image tokens), LoRA r=64 on q/v (32 layers x 2 x 2 x 4096 x 64) plus llama_proj 5632 -> 4096 trained."""
+    from transformers import LlamaConfig
+
+    from minigpt4.common.registry import registry
+
+    gpu_check = _gpu_check()
+    full = gpu_check.FULL
+    llm_config = LlamaConfig(**full.llm, num_key_value_heads=full.llm["num_attention_heads"])
+    model = registry.get_model_class("minigpt_v2").build_on_meta(gpu_check.model_config(full), llm_config)
+    base = model.llama_model.get_base_model()
+    assert sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n) == 6_738_415_616
+    assert model.num_image_tokens == 256 and model.visual_encoder.num_features == 1408
+    assert len(model.visual_encoder.blocks) == 39
+    lora = 32 * 2 * 2 * 4096 * 64
+    assert model.count_parameters()["trainable"] == lora + 5632 * 4096 + 4096
+    assert (full.seq_len, full.batches, full.gen_batches) == (1024, (1, 4), (1, 8))
