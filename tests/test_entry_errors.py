@@ -276,6 +276,36 @@ def test_data_tools_name_a_missing_input(tmp_path: Path, capsys: pytest.CaptureF
                      "data root holding ShareGPTData/ and GPT4VisionData/)"]
 
 
+def test_data_tools_report_a_section_that_is_not_a_list_as_one_line(synth_data_root: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from minigpt4.tools import data
+
+    root = _copy_root(synth_data_root, tmp_path / "data")
+    _section_not_a_list(root)
+    status = data.main(["stats", "--root", str(root)])
+    lines = _error_lines(capsys.readouterr().err)
+    assert status == 2
+    assert len(lines) == 1 and lines[0].startswith("facegpt-data stats: "), lines
+    assert "that is not a list, but a list of records is expected" in lines[0] and "invalid JSON" not in lines[0]
+
+
+def test_runner_faults_are_user_errors(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from minigpt4.common.schema import RunConfig
+    from minigpt4.runners import checkpointing as ck
+    from minigpt4.runners.settings import check_run_settings
+
+    run = OmegaConf.structured(RunConfig)
+    run.accum_grad_iters = 0
+    with pytest.raises(ValueError) as bad_settings:
+        check_run_settings(run)
+    with pytest.raises(ValueError) as missing_resume:
+        ck.resolve_resume(str(tmp_path / "missing.pth"), tmp_path, None)
+    for err in (bad_settings.value, missing_resume.value):
+        assert is_user_error(err), repr(err)
+
+
 def test_demo_script_reports_a_bad_option_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     demo = _load(REPO / "scripts" / "demo.py")
     status = demo.main(["--out", str(tmp_path), "--n", "4", "--options", "run.init_lr=[0.1"])

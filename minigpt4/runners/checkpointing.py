@@ -309,7 +309,7 @@ def _resume_file(path: Path, value: str) -> ResumeTarget:
     names = _names_of(path)
     weights, state = path.parent / names["weights"], path.parent / names["trainer_state"]
     if not weights.is_file() and not state.is_file():
-        raise FileNotFoundError(f"{RESUME_KEY}={value}: the matching weights {weights.name} are missing")
+        raise ResumeError(f"{RESUME_KEY}={value}: the matching weights {weights.name} are missing")
     if weights.is_file() and not state.is_file():
         read_weights(weights, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
         check_zip_checksums(weights, RESUME_KEY)
@@ -341,7 +341,7 @@ def resolve_resume(value: Optional[str], job_dir: Path, run_id: Optional[str]) -
                               "name a run folder of an earlier run, 'auto' or null")
         return ResumeTarget(path / names["weights"], path / names["trainer_state"], path)
     if not path.is_file():
-        raise FileNotFoundError(f"{RESUME_KEY}={value}: no such file or folder. Use a run folder, its "
+        raise ResumeError(f"{RESUME_KEY}={value}: no such file or folder. Use a run folder, its "
                                 f"{LATEST}, a checkpoint_*.pth, 'auto' or null")
     if _PAIR_RE.match(path.name) is None:  # e.g. an upstream checkpoint_4.pth renamed, from elsewhere
         read_weights(path, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)

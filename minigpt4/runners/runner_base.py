@@ -36,7 +36,7 @@ from minigpt4.runners.checkpointing import (BEST, LATEST, RESUME_KEY, Checkpoint
 from minigpt4.runners.loaders import (MixingLoader, ResumableLoader, batch_collater, mix_seed, move_to_device,
                                       validation_loader)
 from minigpt4.runners.progress import Progress, WindowMeter
-from minigpt4.runners.settings import check_run_settings, output_root
+from minigpt4.runners.settings import RunConfigError, check_run_settings, output_root
 from minigpt4.tasks.base_task import LoopContext, LoopCounters
 
 logger = get_logger(__name__)
@@ -99,7 +99,7 @@ class RunnerBase:
         self.train_loader, self.val_loaders = self._build_loaders()
         self.iters_per_epoch = int(self.run_cfg.iters_per_epoch or self.train_loader.batches_per_pass())
         if self.iters_per_epoch < 1:
-            raise ValueError("run.iters_per_epoch is not set and the train datasets have no length; set it")
+            raise RunConfigError("run.iters_per_epoch is not set and the train datasets have no length; set it")
         self.optimizer = build_optimizer(self.unwrapped_model, self.run_cfg)
         self.lr_scheduler = build_lr_scheduler(self.run_cfg, self.optimizer, self.iters_per_epoch)
         self.scaler = self.policy.grad_scaler()
@@ -133,7 +133,7 @@ class RunnerBase:
         run_dir = job_dir / name
         if (run_dir / LATEST).exists():
             if self.run_cfg.run_id:
-                raise ValueError(f"run folder {run_dir} already holds checkpoints: continue it with --options "
+                raise RunConfigError(f"run folder {run_dir} already holds checkpoints: continue it with --options "
                                  "run.resume_ckpt_path=auto, or pick another run.run_id")
             n = 1
             while (job_dir / f"{name}_{n}").exists():
@@ -167,10 +167,10 @@ class RunnerBase:
             logger.warning("iterable (streaming) train datasets are not sharded by the runner: each must split "
                            "itself by rank (webdataset: nodesplitter=wds.split_by_node), else ranks see the same data")
         if not train:
-            raise ValueError(f"no dataset has a split named in run.train_splits={list(run.train_splits)}; "
+            raise RunConfigError(f"no dataset has a split named in run.train_splits={list(run.train_splits)}; "
                              f"splits found: { {n: sorted(s) for n, s in self.datasets.items()} }")
         if run.valid_splits and not val:
-            raise ValueError(f"run.valid_splits={list(run.valid_splits)} but no dataset built such a split "
+            raise RunConfigError(f"run.valid_splits={list(run.valid_splits)} but no dataset built such a split "
                              f"(found: { {n: sorted(s) for n, s in self.datasets.items()} }); enable the held-out "
                              "split in the dataset's config or set run.valid_splits=[]")
         return MixingLoader(train, ratios, seed=mix_seed(run.seed, 4242)), val
@@ -268,14 +268,14 @@ class RunnerBase:
     def _check_resumable(self, state: Dict[str, Any], target: ResumeTarget) -> None:
         names = [n for g in self.optimizer.param_groups for n in g["names"]]
         if state.get("format") != TRAINER_STATE_FORMAT:
-            raise ValueError(f"{target.trainer_state}: unknown trainer state format {state.get('format')!r}")
+            raise RunConfigError(f"{target.trainer_state}: unknown trainer state format {state.get('format')!r}")
         if int(state["iters_per_epoch"]) != self.iters_per_epoch:
-            raise ValueError(f"{target.trainer_state} was written with iters_per_epoch={state['iters_per_epoch']}, "
+            raise RunConfigError(f"{target.trainer_state} was written with iters_per_epoch={state['iters_per_epoch']}, "
                              f"this run has {self.iters_per_epoch}: the schedule position would be wrong. Resume "
                              f"with --options run.iters_per_epoch={state['iters_per_epoch']}")
         if list(state["param_names"]) != names:
             missing = sorted(set(state["param_names"]) ^ set(names))[:8]
-            raise ValueError(f"{target.trainer_state}: trainable parameters differ from this model's "
+            raise RunConfigError(f"{target.trainer_state}: trainable parameters differ from this model's "
                              f"(e.g. {missing}); the optimizer state cannot be restored")
 
     # --------------------------------------------------------------------------- training

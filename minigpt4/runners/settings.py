@@ -8,6 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from minigpt4.common.errors import UserError
+
+
+class RunConfigError(UserError, ValueError):
+    """The run cannot start as configured (run settings, splits, run folder, a checkpoint of another run)."""
+
 
 def output_root(output_dir: str) -> Path:
     """``run.output_dir`` as an absolute path (relative → against the current working directory)."""
@@ -33,4 +39,4 @@ def check_run_settings(run: Any) -> None:
     if run.keep_last_k < 0:
         problems.append(f"run.keep_last_k must be >= 0 (0 keeps every checkpoint), got {run.keep_last_k}")
     if problems:
-        raise ValueError("invalid run settings:\n  - " + "\n  - ".join(problems))
+        raise RunConfigError("invalid run settings:\n  - " + "\n  - ".join(problems))

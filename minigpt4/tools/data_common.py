@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from minigpt4.datasets.json_stream import iter_array, iter_sections, top_level_kind
+from minigpt4.datasets.json_stream import JsonShapeError, iter_array, iter_sections, top_level_kind
 from minigpt4.datasets.records import normalise_section
 
 PROMPT_SECTIONS = ("Pre-Prompt",)
@@ -51,7 +51,8 @@ def iter_file(ann: AnnFile) -> Iterator[Tuple[str, int, Any]]:
         return
     for key, items in iter_sections(ann.path):
         if not hasattr(items, "__next__"):
-            raise ValueError(f"{ann.path}: section {key!r} is not a list of records")
+            raise JsonShapeError(str(ann.path), f"section {key!r} that is not a list", "a list of records",
+                                 "make every section of a FaceGPT4Vision file a JSON list of records")
         for index, raw in items:
             yield normalise_section(key), index, raw
 

@@ -109,7 +109,7 @@ def test_resolve_resume_forms(tmp_path: Path) -> None:
     assert by_state.weights.name == "checkpoint_0_000003.pth" and by_state.run_dir is None
     assert ck.resolve_resume(None, tmp_path, None) is None
     assert ck.resolve_resume("auto", tmp_path / "nothing", None) is None
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(ck.ResumeError, match="no such file or folder"):
         ck.resolve_resume(str(tmp_path / "missing.pth"), tmp_path, None)
 
 

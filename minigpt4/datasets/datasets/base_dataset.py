@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from minigpt4.common.logger import get_logger, log_once
 from minigpt4.datasets.datasets.collate import SkippedSample, collate_samples
-from minigpt4.datasets.json_stream import iter_array, iter_sections, top_level_kind
+from minigpt4.datasets.json_stream import JsonShapeError, iter_array, iter_sections, top_level_kind
 from minigpt4.datasets.records import Record, where
 from minigpt4.processors.image_io import ImageOpenError, image_path_in_root, open_image
 
@@ -41,7 +41,8 @@ def load_annotations(path: str) -> List[Any]:
     for key, items in iter_sections(path):
         if key == "annotations":
             return [rec for _, rec in items] if not isinstance(items, list) else list(items)
-    raise ValueError(f"{path}: a JSON object annotation file needs an 'annotations' list (upstream's format)")
+    raise JsonShapeError(path, "a JSON object without an 'annotations' list", "a list of records",
+                         "write the records as a JSON list, or under an 'annotations' key (upstream's format)")
 
 
 class BaseDataset(Dataset, abc.ABC):
