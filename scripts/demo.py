@@ -57,8 +57,6 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    import torch
-
     from minigpt4.common.logger import setup_logging
 
     setup_logging()
@@ -93,9 +91,8 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
 
     _say("[3/4] held-out accuracy per question type (answers ranked by the model's loss)")
     splits = runner.datasets["facegpt4vision"]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16"):
-        report = evaluate_closed_set(runner.unwrapped_model, splits["val"], candidate_pool=splits["train"],
-                                     max_per_section=args.eval_per_section)
+    report = evaluate_closed_set(runner.unwrapped_model, splits["val"], candidate_pool=splits["train"],
+                                 max_per_section=args.eval_per_section, precision=runner.policy)
     _say(report.table())
     (args.out / "heldout_accuracy.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     _say(f"loss curve: {run_dir / 'loss_curve.png'}")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from minigpt4.common.errors import entry_point
 from minigpt4.common.logger import get_logger, setup_logging
-from minigpt4.common.precision import PrecisionPolicy, policy_from_run_config
+from minigpt4.common.precision import PrecisionPolicy, configure_model_precision
 
 logger = get_logger(__name__)
 
@@ -189,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     device = torch.device(args.device)
-    precision = policy_from_run_config(cfg.run, device)
+    precision = configure_model_precision(cfg, device)  # before the model is built: frozen-weight storage
     model = registry.get_model_class(cfg.model.arch).from_config(cfg.model).to(device)
     report = evaluate_closed_set(model, splits[args.split], max_candidates=args.max_candidates,
                                  batch_size=args.batch_size, candidate_pool=splits.get("train"),
