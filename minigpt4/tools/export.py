@@ -12,8 +12,9 @@ checkpoint's saved model section (LoRA rank, prompt format, ...) is read from ``
   only when the model has LoRA.
 * ``vision_tower.safetensors`` — EVA-ViT-g under the key names of LAVIS's ``eva_vit_g.pth`` (``model.vit_ckpt``);
   ``qformer.pth`` — ``ln_vision``, Q-Former and query tokens in BLIP-2's layout (``{"model": {...}}``, read
-  with ``weights_only``; v1 with a Q-Former; ``model.q_former_model``); ``projection.safetensors`` — ``llama_proj`` and every other non-LLM weight under the
-  MiniGPT checkpoint names (``model.ckpt``). Each file is in the layout of the config key that reads it.
+  with ``weights_only``; v1 with a Q-Former; ``model.q_former_model``); ``projection.safetensors`` —
+  ``llama_proj`` and every other non-LLM weight under the MiniGPT checkpoint names (``model.ckpt``). Each file is
+  in the layout of the config key that reads it.
 * ``facegpt.yaml`` — a FaceGPT config naming these files (absolute paths, ``lora_r: 0``), with the whole model
   section (prompt format included) and the image processor: the chat demos, evaluation and ``train.py``
   (``--options model.llama_model=DIR/llm``) read it.
@@ -276,11 +277,16 @@ def exported_config(cfg: Config, out: Path, file_keys: Dict[str, Optional[str]],
     return config
 
 
+def demo_script(arch: str) -> str:
+    """The chat demo of an architecture (v1: ``demo_v1_command_line.py``)."""
+    return "demo_v1_command_line.py" if arch == "minigpt4" else "demo_v2_command_line.py"
+
+
 def write_config(config: Dict[str, Any], path: Path, final: Path, ckpt: Optional[str]) -> None:
     """``config`` as YAML at ``path`` (its final place is ``final``), with a header saying how to use it."""
     header = (f"# FaceGPT export of {ckpt or 'the base weights'} (facegpt-export, "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC).\n"
-              f"# Chat: python demo_v2_command_line.py --cfg-path {final} --image face.jpg\n"
+              f"# Chat: python {demo_script(config['model']['arch'])} --cfg-path {final} --image face.jpg\n"
               "# Paths are absolute: after moving the folder, run the export again or edit them.\n")
     text = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
@@ -314,7 +320,7 @@ def model_card(result: ExportResult, cfg: Config, ckpt: Optional[str], info: Dic
     for name, count in result.tensors.items():
         lines.append(f"- `{name}`: {count} tensors.")
     lines += [f"- `{CONFIG_FILE}`: FaceGPT config (model section, prompt format, image processor).", "",
-              "## Use", "", "```", f"python demo_v2_command_line.py --cfg-path {result.out / CONFIG_FILE} "
+              "## Use", "", "```", f"python {demo_script(result.arch)} --cfg-path {result.out / CONFIG_FILE} "
               "--image face.jpg", f"python train.py --cfg-path YOUR_TRAIN.yaml --options "
               f"model.llama_model={result.out / LLM_DIR} model.vit_ckpt={result.out / TOWER_FILE}", "```", "",
               "## Prompt format", "", f"- prompt_format: `{m.prompt_format}`",
