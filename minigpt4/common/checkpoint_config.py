@@ -24,8 +24,8 @@ logger = get_logger(__name__)
 #: model keys that name files or choose how/where the model runs: they may differ from the checkpoint's
 FREE_KEYS = frozenset({
     "llama_model", "vit_ckpt", "q_former_model", "ckpt", "ckpt_partial", "prompt_path",
-    "low_resource", "device_8bit", "attn_implementation", "use_grad_checkpoint", "use_grad_checkpoint_llm",
-    "drop_path_rate", "max_context_len", "prompt",
+    "low_resource", "llm_quantization", "device_8bit", "attn_implementation", "use_grad_checkpoint",
+    "use_grad_checkpoint_llm", "drop_path_rate", "max_context_len", "prompt",
 })  # freeze_vit / freeze_qformer are not free: they decide which weights the checkpoint holds
 #: keys of the saved section that are not carried over (training's own starting point and prompt file)
 NOT_CARRIED = frozenset({"ckpt", "ckpt_partial", "prompt_path"})

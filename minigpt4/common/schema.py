@@ -125,7 +125,12 @@ class ModelConfig:
         help="attention kernels of EVA, Q-Former and LLM: null = library defaults (fused kernels); "
         "eager = upstream's explicit attention math everywhere (closest to upstream's numbers, slower)",
     )  # FaceGPT
-    low_resource: bool = False
+    low_resource: bool = False  # upstream: True loads the LLM in 8-bit (the same as llm_quantization: 8bit)
+    llm_quantization: str = choice_field(
+        "none", ["none", "8bit", "4bit"],
+        help="bitsandbytes storage of the LLM's linear layers: 4bit = NF4 + double quantization (QLoRA), "
+        "8bit = LLM.int8(); needs pip install -e .[quant]",
+    )  # FaceGPT
     device_8bit: int = 0
     use_grad_checkpoint_llm: bool = False
     pad_token: Optional[str] = None  # FaceGPT: null = "$$" for LLaMA vocabularies, else tokenizer pad/eos

@@ -39,7 +39,8 @@ def build_llm(cfg: Any, llm_config: Any, sources: Dict[str, str]) -> Tuple[nn.Mo
             raise llm_path_error("???", "the preset leaves it unset")
         path = cfg.llama_model
         llm = load_llm(path, precision=cfg.llm_precision, attn_implementation=attn,
-                       low_resource=cfg.low_resource, device_8bit=cfg.device_8bit)
+                       low_resource=cfg.low_resource, device_8bit=cfg.device_8bit,
+                       quantization=cfg.get("llm_quantization"))
         tokenizer = load_tokenizer(path, pad_token=cfg.pad_token)
         if tokenizer.vocab_size > llm.get_input_embeddings().num_embeddings:
             raise ModelConfigError(
@@ -51,7 +52,7 @@ def build_llm(cfg: Any, llm_config: Any, sources: Dict[str, str]) -> Tuple[nn.Mo
         param.requires_grad = False
     if cfg.lora_r > 0:
         llm = add_lora(llm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                       target_modules=list(cfg.lora_target_modules), quantized=cfg.low_resource)
+                       target_modules=list(cfg.lora_target_modules))  # k-bit preparation when quantized
     return llm, tokenizer
 
 

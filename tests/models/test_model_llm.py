@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from minigpt4.models import MiniGPTv2
-from minigpt4.models import llm as llm_module
 from minigpt4.models.llm import LLMLoadError, load_llm, resolve_llm_path
 from minigpt4.models.minigpt_base import ModelConfigError, PromptError
 
@@ -52,18 +50,6 @@ def test_unset_llm_in_preset_is_reported_by_from_config(tiny_config: Callable[..
     cfg.llama_model = "???"
     with pytest.raises(LLMLoadError, match=r"model.llama_model='\?\?\?': the preset leaves it unset.*" + FIX):
         MiniGPTv2.from_config(cfg)
-
-
-def test_low_resource_needs_cuda_and_bitsandbytes(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(LLMLoadError, match=r"needs a CUDA GPU; this machine has none.*model.low_resource=False"):
-        load_llm(str(tiny_llama_dir), low_resource=True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(llm_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
-    with pytest.raises(LLMLoadError, match=r"needs the bitsandbytes package for 8-bit loading: pip install bitsandby"):
-        load_llm(str(tiny_llama_dir), low_resource=True)
 
 
 def test_lora_options_come_from_config(tiny_model: Callable[..., Any]) -> None:
