@@ -322,7 +322,9 @@ def model_card(result: ExportResult, cfg: Config, ckpt: Optional[str], info: Dic
     lines += [f"- `{CONFIG_FILE}`: FaceGPT config (model section, prompt format, image processor).", "",
               "## Use", "", "```", f"python {demo_script(result.arch)} --cfg-path {result.out / CONFIG_FILE} "
               "--image face.jpg", f"python train.py --cfg-path YOUR_TRAIN.yaml --options "
-              f"model.llama_model={result.out / LLM_DIR} model.vit_ckpt={result.out / TOWER_FILE}", "```", "",
+              f"model.llama_model={result.out / LLM_DIR} model.vit_ckpt={result.out / TOWER_FILE} "
+              f"model.ckpt={result.out / PROJECTION_FILE} model.ckpt_partial=True   # a new LoRA on the merged LLM",
+              "```", "",
               "## Prompt format", "", f"- prompt_format: `{m.prompt_format}`",
               f"- prompt_template: `{m.prompt_template}`", f"- end_sym: `{m.end_sym!r}`", ""]
     lines += [f"Note: {note}." for note in result.notes] + ([""] if result.notes else [])

@@ -117,18 +117,23 @@ def test_v2_folders_load_with_transformers_and_peft(v2: Dict[str, Path], tiny_fi
     assert "lora_r: 0" in (out / "facegpt.yaml").read_text()
 
 
-def test_training_config_builds_on_the_exported_llm(v2: Dict[str, Path], train_data: Path,
+def test_training_config_continues_from_the_export(v2: Dict[str, Path], train_data: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEGPT_DATA", str(train_data))
     out = v2["out"]
     cfg = load_config(TINY_CFG["minigpt_v2"], [f"model.llama_model={out / 'llm'}",
-                                               f"model.vit_ckpt={out / 'vision_tower.safetensors'}"])
+                                               f"model.vit_ckpt={out / 'vision_tower.safetensors'}",
+                                               f"model.ckpt={out / 'projection.safetensors'}", "model.ckpt_partial=True"])
     model = registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+    trained = read_weights(v2["ckpt"])["model"]
+    assert torch.equal(model.llama_proj.weight, trained["llama_proj.weight"]), "the projection continues"
     exported = read_weights(out / "llm" / "model.safetensors")
     q_key = next(k for k in exported if k.endswith("layers.0.self_attn.q_proj.weight"))
     base_q = model.llama_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert torch.equal(base_q, exported[q_key]), "a fresh LoRA on top of the merged weights"
     assert model.count_parameters()["trainable"] > 0
+    lora_b = [p for n, p in model.llama_model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().max()) == 0 for p in lora_b), "the new LoRA starts at zero"
 
 
 def test_model_card_has_the_training_config_and_statistics(v2: Dict[str, Path]) -> None:
