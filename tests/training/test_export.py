@@ -123,7 +123,8 @@ def test_training_config_continues_from_the_export(v2: Dict[str, Path], train_da
     out = v2["out"]
     cfg = load_config(TINY_CFG["minigpt_v2"], [f"model.llama_model={out / 'llm'}",
                                                f"model.vit_ckpt={out / 'vision_tower.safetensors'}",
-                                               f"model.ckpt={out / 'projection.safetensors'}", "model.ckpt_partial=True"])
+                                               f"model.ckpt={out / 'projection.safetensors'}",
+                                               "model.ckpt_partial=True"])
     model = registry.get_model_class(cfg.model.arch).from_config(cfg.model)
     trained = read_weights(v2["ckpt"])["model"]
     assert torch.equal(model.llama_proj.weight, trained["llama_proj.weight"]), "the projection continues"
