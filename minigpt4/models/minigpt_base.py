@@ -28,7 +28,7 @@ from minigpt4.common.config import LIBRARY_ROOT
 from minigpt4.common.logger import get_logger, log_once
 from minigpt4.common.schema import ModelConfig
 from minigpt4.models.connectors import MERGE_TOKENS, ModelConfigError, connector_for, image_token_count
-from minigpt4.models.connectors import optional_path as _optional_path  # noqa: F401  (kept for importers)
+from minigpt4.models.connectors import optional_path as _optional_path
 from minigpt4.models.generation import GenerationMixin
 from minigpt4.models.llm import enable_llm_activation_checkpointing
 from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability

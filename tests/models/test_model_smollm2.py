@@ -33,7 +33,7 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok = model.llama_tokenizer
     assert isinstance(tok, HFTokenizer) and model.llm_hidden_size == 576
-    assert (tok.pad_token, model.end_sym, model.add_bos) == ("<|im_end|>", "<|im_end|>", False)
+    assert (tok.pad_token, model.end_sym, model.prompt_format.adds_bos) == ("<|im_end|>", "<|im_end|>", False)
     assert model.stop_sequences() == [[hf.convert_tokens_to_ids("<|im_end|>")]]
 
     question = "<Img><ImageHere></Img> Describe the face."
