@@ -21,9 +21,11 @@ checkpoint's saved model section (LoRA rank, prompt format, ...) is read from ``
 * ``README.md`` — a model card: architecture, files, the training config and the run's statistics
   (``summary.json`` beside the checkpoint, when present).
 
-Everything is written to a hidden folder beside ``DIR`` and renamed into place at the end, so an interrupted export
-leaves no half-written ``DIR``. Weights are merged in fp32 on the CPU (a 7B LLM needs about 28 GB of RAM) and
-saved in ``--dtype`` (``auto``: the base LLM's own dtype from its ``config.json``).
+The paths in ``facegpt.yaml`` are absolute; after moving the folder, ``python -m minigpt4.tools.export --relocate
+NEW_DIR`` points them (and the model card) at its new place. Everything is written to a hidden folder beside
+``DIR`` and renamed into place at the end, so an interrupted export leaves no half-written ``DIR``. Weights are
+merged in fp32 on the CPU (a 7B LLM needs about 28 GB of RAM) and saved in ``--dtype`` (``auto``: the base LLM's
+own dtype from its ``config.json``).
 """
 
 from __future__ import annotations
@@ -91,13 +93,18 @@ class ExportResult:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_config_args(parser)
-    parser.add_argument("--out", type=Path, required=True, help="export folder (must not exist, or be empty)")
+    add_config_args(parser, require_cfg=False)
+    parser.add_argument("--out", type=Path, help="export folder (must not exist, or be empty)")
+    parser.add_argument("--relocate", type=Path, default=None, metavar="DIR",
+                        help="instead of exporting: point DIR/facegpt.yaml at DIR after the folder was moved")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
                         help="dtype of the saved LLM, vision tower and Q-Former (auto: the base LLM's own); the "
                              "projection file stays fp32")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.relocate is None and (args.cfg_path is None or args.out is None):
+        raise SystemExit("give --cfg-path CFG and --out DIR (or --relocate DIR for a moved export folder)")
+    return args
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -287,7 +294,7 @@ def write_config(config: Dict[str, Any], path: Path, final: Path, ckpt: Optional
     header = (f"# FaceGPT export of {ckpt or 'the base weights'} (facegpt-export, "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC).\n"
               f"# Chat: python {demo_script(config['model']['arch'])} --cfg-path {final} --image face.jpg\n"
-              "# Paths are absolute: after moving the folder, run the export again or edit them.\n")
+              "# Paths are absolute. After moving the folder: python -m minigpt4.tools.export --relocate NEW_DIR\n")
     text = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
@@ -404,11 +411,47 @@ def _write_all(model: nn.Module, cfg: Config, staging: Path, out: Path, result: 
     atomic_write(staging / CARD_FILE, lambda fh: fh.write(card.encode("utf-8")))
 
 
+#: model keys of facegpt.yaml that name files of the export folder
+FOLDER_KEYS = ("llama_model", "vit_ckpt", "q_former_model", "ckpt")
+
+
+def relocate(folder: Path) -> Path:
+    """Rewrite ``folder/facegpt.yaml`` so that its file keys name the files under ``folder`` (after a move)."""
+    folder = folder.expanduser().resolve()
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ExportError(f"--relocate {folder}: no {CONFIG_FILE} there; give the export folder itself")
+    text = path.read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    llm = Path(str((config.get("model") or {}).get("llama_model") or ""))
+    if llm.name != LLM_DIR:
+        raise ExportError(f"{path}: model.llama_model={str(llm)!r} is not an export's {LLM_DIR}/ folder; "
+                          "relocate only works on folders written by facegpt-export")
+    old = llm.parent
+    for key in FOLDER_KEYS:
+        value = config["model"].get(key)
+        if value and Path(value).parent == old:
+            config["model"][key] = str(folder / Path(value).name)
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#")).replace(str(old), str(folder))
+    body = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda fh: fh.write(body.encode("utf-8")))
+    card = folder / CARD_FILE
+    if card.is_file():
+        moved = card.read_text(encoding="utf-8").replace(str(old), str(folder))
+        atomic_write(card, lambda fh: fh.write(moved.encode("utf-8")))
+    logger.info("%s: paths moved from %s to %s", path, old, folder)
+    return path
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import minigpt4  # noqa: F401  (registers models and processors)
 
+    if args.relocate is not None:
+        path = relocate(args.relocate)
+        print(f"{PROG}: {path} now names the files under {path.parent}")
+        return 0
     _check_out(args.out.expanduser().resolve(), args.overwrite)  # before minutes of loading
     cfg = load_config(args.cfg_path, args.options, check_dataset_paths=False, checkpoint_config=True)
     result = export(cfg, args.out, args.dtype, args.overwrite)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, List
 
@@ -151,6 +152,19 @@ def test_v1_export_has_no_adapter_and_answers_alike(v1: Dict[str, Path], train_d
     image = _image(train_data)
     expected = _ask(v1["ckpt"].parent / "config.yaml", [f"model.ckpt={v1['ckpt']}"], image)
     assert len(expected[0]) > 0 and _ask(out / "facegpt.yaml", [], image)[:2] == expected[:2]
+
+
+def test_moved_folder_is_relocated(v1: Dict[str, Path], train_data: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "facegpt_v1"
+    shutil.copytree(v1["out"], moved)
+    assert export.main(["--relocate", str(moved)]) == 0
+    text = (moved / "facegpt.yaml").read_text()
+    assert str(v1["out"]) not in text and str(v1["out"]) not in (moved / "README.md").read_text()
+    cfg = load_config(moved / "facegpt.yaml", [], check_dataset_paths=False)
+    assert [cfg.model[k] for k in ("llama_model", "vit_ckpt", "q_former_model", "ckpt")] == [
+        str(moved / name) for name in ("llm", "vision_tower.safetensors", "qformer.pth", "projection.safetensors")]
+    image = _image(train_data)
+    assert _ask(moved / "facegpt.yaml", [], image)[:2] == _ask(v1["out"] / "facegpt.yaml", [], image)[:2]
 
 
 def test_non_empty_out_folder_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
