@@ -193,7 +193,7 @@ def test_evaluation_scores_the_export_as_the_checkpoint(v2: Dict[str, Path], tra
     assert reports[0] == reports[1] and reports[0]["sections"], reports
 
 
-@pytest.mark.slow  # SmolLM2-135M from its .gguf file: about 3 minutes on 2 busy cores
+@pytest.mark.slow  # SmolLM2-135M from its .gguf file: 3-4 minutes on 2 busy cores
 def test_smollm2_gguf_llm_exports_as_a_plain_hf_folder(tmp_path: Path, train_data: Path) -> None:
     """The demo's LLM is read from a .gguf file (transformers marks it quantized): the export saves plain weights
     and the exported folder chats with the same greedy ids."""
