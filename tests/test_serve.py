@@ -24,6 +24,7 @@ MODEL_ID = "tiny-v2"
 KEY = "test-key"
 QUESTION = "How old is this person?"
 MAX_QUEUE = 2
+LONG_QUESTION = "Describe this face in detail: the apparent age, the expression, the pose, the lighting and the eyes."
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +53,21 @@ def engine_answers(chat: Any, face: Path) -> Dict[str, str]:
     session.load_image(face)
     first = session.ask(QUESTION).text
     second = session.ask("And the expression?").text
-    return {"first": first, "second": second}
+    session.reset()
+    long = session.ask(LONG_QUESTION).text
+    return {"first": first, "second": second, "long": long}
 
 
 @pytest.fixture(scope="module")
 def server(chat: Any, engine_answers: Dict[str, str]) -> Iterator[Dict[str, Any]]:
-    """The app on uvicorn with small limits: 64x64 pixels at most, max_tokens <= 16, 200 kB bodies, queue 2."""
+    """The app on uvicorn with small limits: 100x100 pixels at most, max_tokens <= 16, 200 kB bodies, queue 2,
+    batches of up to 3."""
     from minigpt4.serve.app import ServeConfig, create_app
     from minigpt4.serve.protocol import ServeLimits
 
     limits = ServeLimits(max_request_bytes=200_000, max_image_pixels=100 * 100, max_tokens_cap=16)
     app = create_app(chat, ServeConfig(model_id=MODEL_ID, limits=limits, api_key=KEY, max_queue=MAX_QUEUE,
-                                       retry_after_s=3))
+                                       retry_after_s=3, max_batch=MAX_QUEUE + 1))
     with running_server(app) as base:
         yield {"base": base, "app": app, "worker": app.state.worker}
 
@@ -181,16 +185,23 @@ def test_bad_requests_get_json_errors_and_the_server_stays_up(client: Any, serve
     assert_still_serving(client, face, engine_answers["first"])
 
 
-def test_full_queue_gives_503_with_retry_after(client: Any, server: Dict[str, Any], face: Path,
+def test_full_queue_gives_503_then_the_waiting_requests_are_answered_in_one_batch(client: Any, server: Dict[str, Any], face: Path,
                                                engine_answers: Dict[str, str]):
+    """The held worker has one request, MAX_QUEUE wait, the next gets 503; released, the three (prompts of
+    different lengths: a padded batch) are answered together, each as the engine answers it alone."""
     worker = server["worker"]
-    body = {"model": MODEL_ID, "messages": [user_message(data_url(face), QUESTION)]}
-    results: list = []
+    image = data_url(face)
+    body = {"model": MODEL_ID, "messages": [user_message(image, QUESTION)]}
+    bodies = [body, {"model": MODEL_ID, "messages": [user_message(image, LONG_QUESTION)]},
+              {"model": MODEL_ID, "messages": [user_message(image, QUESTION),
+                                               {"role": "assistant", "content": engine_answers["first"]},
+                                               {"role": "user", "content": "And the expression?"}]}]
+    results: Dict[int, Any] = {}
     threads = []
     worker.hold()
     try:
         for count in range(1 + MAX_QUEUE):  # one taken by the (held) worker, then MAX_QUEUE waiting
-            thread = threading.Thread(target=lambda: results.append(post(server, body)))
+            thread = threading.Thread(target=lambda i=count: results.__setitem__(i, post(server, bodies[i])))
             thread.start()
             threads.append(thread)
             deadline = time.monotonic() + 30
@@ -204,8 +215,17 @@ def test_full_queue_gives_503_with_retry_after(client: Any, server: Dict[str, An
         worker.release()
         for thread in threads:
             thread.join(60)
-    assert [r.status_code for r in results] == [200] * (1 + MAX_QUEUE)
-    assert all(r.json()["choices"][0]["message"]["content"] == engine_answers["first"] for r in results)
+    assert [results[i].status_code for i in range(3)] == [200] * 3
+    assert worker.largest_batch == 1 + MAX_QUEUE  # all three were waiting when the worker was released
+    answers = [results[i].json()["choices"][0]["message"]["content"] for i in range(3)]
+    assert answers == [engine_answers["first"], engine_answers["long"], engine_answers["second"]]
+    prompts = {results[i].json()["usage"]["prompt_tokens"] for i in range(3)}
+    assert len(prompts) == 3  # three prompt lengths: the batch was left-padded
+    for i in range(3):  # usage as for a request answered alone (streamed path)
+        alone = client.chat.completions.create(model=MODEL_ID, messages=bodies[i]["messages"])
+        assert alone.choices[0].message.content == answers[i]
+        assert alone.usage.completion_tokens == results[i].json()["usage"]["completion_tokens"]
+        assert alone.usage.prompt_tokens == results[i].json()["usage"]["prompt_tokens"]
     assert_still_serving(client, face, engine_answers["first"])
 
 

@@ -38,6 +38,7 @@ class ServeConfig:
     api_key: Optional[str] = None
     max_queue: int = 16
     retry_after_s: int = 5
+    max_batch: int = 4
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -48,11 +49,11 @@ def error_response(err: ApiError) -> JSONResponse:
 def create_app(chat: Chat, config: Optional[ServeConfig] = None) -> FastAPI:
     """The server app; its worker thread starts with the app (lifespan) and is ``app.state.worker``."""
     config = config or ServeConfig()
-    worker = ChatWorker(chat, config.max_queue, config.retry_after_s)
+    worker = ChatWorker(chat, config.max_queue, config.retry_after_s, config.max_batch)
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
-        logger.info("serving %s (queue %d, api key %s)", config.model_id, config.max_queue,
+        logger.info("serving %s (queue %d, batch %d, api key %s)", config.model_id, config.max_queue, config.max_batch,
                     "required" if config.api_key else "off")
         yield
         await run_in_threadpool(worker.stop)

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-remote-images", action="store_true",
                         help="fetch http(s) image URLs (refused by default: send data: URLs)")
     parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get 503")
+    parser.add_argument("--max-batch", type=int, default=4,
+                        help="non-streamed requests with equal settings answered in one batched generation")
     parser.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds of a 503")
     parser.add_argument("--max-tokens-cap", type=int, default=limits.max_tokens_cap,
                         help="largest max_tokens a request may ask for")
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible flag values before the model is built."""
-    for name in ("max_queue", "max_tokens_cap", "max_image_pixels", "max_request_bytes", "max_images",
+    for name in ("max_queue", "max_batch", "max_tokens_cap", "max_image_pixels", "max_request_bytes", "max_images",
                  "retry_after"):
         if getattr(args, name) < 1:
             raise ServeUsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -102,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args.device, args.gpu_id)
     chat = chat_from_config(cfg, device, settings)
     config = ServeConfig(model_id=args.model_name or Path(args.cfg_path).stem, limits=limits_from_args(args),
-                         api_key=args.api_key, max_queue=args.max_queue, retry_after_s=args.retry_after)
+                         api_key=args.api_key, max_queue=args.max_queue, retry_after_s=args.retry_after,
+                         max_batch=args.max_batch)
     app = create_app(chat, config)
     logger.info("listening on http://%s:%d/v1 (model id %r)", args.host, args.port, config.model_id)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")

@@ -5,21 +5,30 @@ demos use): a conversation in the model's prompt format, images uploaded and enc
 answer streamed. Results travel back through the job's ``emit`` callback as events:
 ``("delta", text)`` while streaming, then ``("done", Completion)`` or ``("error", ApiError)``.
 
-Requests are queued, not batched: the engine answers one conversation at a time. A full queue refuses a new request
-at once (:class:`QueueFullError`, HTTP 503 with ``Retry-After``) instead of letting latency grow without bound.
+When several non-streamed requests with the same generation settings are waiting, the worker answers up to
+``max_batch`` of them in one batched generation (each conversation embedded by the engine, the batch left-padded
+with zero vectors and attention 0); a streamed request, or one with other settings, is answered on its own. A full
+queue refuses a new request at once (:class:`QueueFullError`, HTTP 503 with ``Retry-After``) instead of letting
+latency grow without bound.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from minigpt4.common.logger import get_logger
 from minigpt4.conversation.chat import Chat, ContextTooLongError
-from minigpt4.conversation.generation import SettingsError, find_stop
+from minigpt4.conversation.conversation import Conversation
+from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError, find_stop
 from minigpt4.serve.errors import ApiError
 from minigpt4.serve.protocol import ChatRequest
 
@@ -90,11 +99,14 @@ class StopScanner:
 class ChatWorker:
     """Owns the chat engine; :meth:`submit` queues a job (or raises :class:`QueueFullError`)."""
 
-    def __init__(self, chat: Chat, max_queue: int = 16, retry_after_s: int = 5) -> None:
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    def __init__(self, chat: Chat, max_queue: int = 16, retry_after_s: int = 5, max_batch: int = 1) -> None:
+        if max_queue < 1 or max_batch < 1:
+            raise ValueError(f"max_queue and max_batch must be >= 1, got {max_queue} and {max_batch}")
         self.chat = chat
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.largest_batch = 0
+        self._held_over: Deque[Job] = collections.deque()  # taken off the queue while batching, not batchable
         self.retry_after_s = retry_after_s
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue(maxsize=max_queue)
         self._gate = threading.Event()
@@ -147,28 +159,45 @@ class ChatWorker:
     # ------------------------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._held_over.popleft() if self._held_over else self._queue.get()
             if job is None:
                 return
             self._busy.set()
+            self._gate.wait()
+            jobs = [j for j in [job, *self._batch_mates(job)] if not j.cancelled.is_set()]
+            self.largest_batch = max(self.largest_batch, len(jobs))
             try:
-                self._gate.wait()
-                if job.cancelled.is_set():
-                    continue
-                job.emit(("done", self.answer(job)))
-            except ApiError as err:
-                job.emit(("error", err))
+                if len(jobs) == 1:
+                    jobs[0].emit(("done", self.answer(jobs[0])))
+                elif jobs:
+                    self.answer_batch(jobs)
             except Exception as err:  # a bug or a model failure: the server answers 500 and goes on
-                logger.exception("the request failed")
-                job.emit(("error", ApiError(500, f"internal error while answering: {type(err).__name__}: {err}",
-                                            "internal_error", kind="server_error")))
+                logger.exception("answering %d request(s) failed", len(jobs))
+                for failed in jobs:
+                    failed.emit(("error", ApiError(500, f"internal error while answering: {type(err).__name__}: "
+                                                        f"{err}", "internal_error", kind="server_error")))
             finally:
-                self.served += 1
+                self.served += len(jobs)
                 self._busy.clear()
 
-    def answer(self, job: Job) -> Completion:
-        """Answer one request with the chat engine, emitting ``("delta", text)`` events as the answer grows."""
-        request, start = job.request, time.monotonic()
+    def _batch_mates(self, first: Job) -> List[Job]:
+        """Waiting jobs that can share ``first``'s batch (non-streamed, same settings), up to ``max_batch``."""
+        if self.max_batch == 1 or not _batchable(first):
+            return []
+        mates: List[Job] = []
+        while len(mates) < self.max_batch - 1 and not self._held_over:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and _batchable(job) and job.request.overrides == first.request.overrides:
+                mates.append(job)
+            else:
+                self._held_over.append(job)  # answered next (the stop sentinel too)
+        return mates
+
+    def conversation(self, request: ChatRequest) -> Tuple[Conversation, list]:
+        """The request's turns as an engine conversation (images uploaded, not encoded yet)."""
         conv, img_list = self.chat.new_conversation(), []
         for turn in request.turns:
             if turn.role == "assistant":
@@ -178,11 +207,20 @@ class ChatWorker:
                 self.chat.upload_img(image, conv, img_list)
             if turn.text:
                 self.chat.ask(turn.text, conv)
+        return conv, img_list
+
+    def answer(self, job: Job) -> None:
+        """Answer one request with the chat engine, emitting ``("delta", text)`` events as the answer grows."""
         try:
+            job.emit(("done", self._answer_one(job)))
+        except ApiError as err:
+            job.emit(("error", err))
+
+    def _answer_one(self, job: Job) -> Completion:
+        request, start = job.request, time.monotonic()
+        conv, img_list = self.conversation(request)
+        with _as_api_error():
             stream = self.chat.stream_answer(conv, img_list, **request.overrides)
-        except (ContextTooLongError, SettingsError) as err:
-            raise ApiError(400, str(err), "context_length_exceeded" if isinstance(err, ContextTooLongError)
-                           else "invalid_parameter") from None
         scanner, text, sent = StopScanner(request.stop), "", ""
         for piece in stream:
             text += piece
@@ -197,11 +235,82 @@ class ChatWorker:
         final = scanner.cut(reply.text)
         if final.startswith(sent) and len(final) > len(sent):
             job.emit(("delta", final[len(sent):]))
-        return Completion(final, self._finish_reason(reply.ids, request, scanner.hit), reply.context_len,
-                          len(reply.ids), time.monotonic() - start)
+        return self._completion(final, reply.ids, request, scanner.hit, reply.context_len, start)
+
+    def answer_batch(self, jobs: List[Job]) -> None:
+        """Answer non-streamed requests with equal settings in one batched generation (greedy answers equal
+        :meth:`answer`'s); a request whose prompt does not fit gets its error and the others go on."""
+        start = time.monotonic()
+        settings = self.chat.settings.replace(**jobs[0].request.overrides)
+        ready: List[Tuple[Job, AnswerCleaner, torch.Tensor]] = []
+        for job in jobs:
+            conv, img_list = self.conversation(job.request)
+            try:
+                with _as_api_error():
+                    embs, _prompt, _dropped = self.chat._prepare(conv, img_list, settings)  # (1, L, H)
+            except ApiError as err:
+                job.emit(("error", err))
+                continue
+            ready.append((job, self.chat._cleaner(conv), embs))
+        if not ready:
+            return
+        rows = self._generate_padded([embs for _, _, embs in ready], settings)
+        for (job, cleaner, embs), ids in zip(ready, rows):
+            scanner = StopScanner(job.request.stop)
+            text = scanner.cut(cleaner.text(ids))
+            job.emit(("done", self._completion(text, cleaner.ids_before_stop(ids) + self._stop_ids(ids), job.request,
+                                               scanner.hit, int(embs.shape[1]), start)))
+
+    def _generate_padded(self, embeds: List[torch.Tensor], settings: GenerationSettings) -> List[List[int]]:
+        """Left-pad the ``[1, L_i, H]`` contexts to ``[B, L, H]`` (zero vectors, attention 0) and generate."""
+        length = max(int(e.shape[1]) for e in embeds)
+        first = embeds[0]
+        batch = first.new_zeros((len(embeds), length, first.shape[-1]))  # (B, L, H)
+        mask = torch.zeros((len(embeds), length), dtype=torch.long, device=first.device)  # (B, L)
+        for i, emb in enumerate(embeds):
+            batch[i, length - emb.shape[1]:] = emb[0]
+            mask[i, length - emb.shape[1]:] = 1
+        kwargs = settings.generate_kwargs()
+        if kwargs.get("repetition_penalty", 1.0) != 1.0:
+            # a padded row must penalise all of its generated ids, as a batch of one does (transformers would
+            # skip the first <padding length> ones of an embeddings-only prompt)
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [RepetitionPenaltyLogitsProcessor(float(kwargs.pop("repetition_penalty")))])
+        if settings.do_sample and settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        with torch.inference_mode(), self.chat.precision.autocast():
+            out = self.chat.model.generate_from_embeds(batch, mask, **kwargs)  # (B, T)
+        return [[int(i) for i in row] for row in out.tolist()]
+
+    def _stop_ids(self, ids: List[int]) -> List[int]:
+        """The stop sequence that ended ``ids`` (nothing when none did): the batch pads rows after it."""
+        cut = find_stop(ids, self.chat.model.stop_sequences())
+        if cut is None:
+            return []
+        return next(list(s) for s in self.chat.model.stop_sequences() if list(ids[cut:cut + len(s)]) == list(s))
+
+    def _completion(self, text: str, ids: List[int], request: ChatRequest, stopped: bool, prompt_tokens: int,
+                    start: float) -> Completion:
+        return Completion(text, self._finish_reason(ids, request, stopped), prompt_tokens, len(ids),
+                          time.monotonic() - start)
 
     def _finish_reason(self, ids: List[int], request: ChatRequest, stopped: bool) -> str:
         """``stop`` (a stop sequence or string ended it) or ``length`` (``max_tokens`` reached first)."""
         if stopped or len(ids) < request.max_tokens:
             return "stop"
         return "stop" if find_stop(ids, self.chat.model.stop_sequences()) is not None else "length"
+
+
+def _batchable(job: Job) -> bool:
+    return not job.request.stream and job.request.overrides.get("num_beams", 1) == 1
+
+
+@contextlib.contextmanager
+def _as_api_error() -> Iterator[None]:
+    """Turn the engine's user-facing errors (prompt too long, invalid settings) into 400 responses."""
+    try:
+        yield
+    except ContextTooLongError as err:
+        raise ApiError(400, str(err), "context_length_exceeded") from None
+    except SettingsError as err:
+        raise ApiError(400, str(err), "invalid_parameter") from None
