@@ -7,6 +7,7 @@ full) is retried after its ``Retry-After``. Prints requests/s, p50/p95/max laten
 exits 1 if any request was lost (no 200 before the time limit).
 
     python benchmarks/bench_serve.py --model tiny -n 32 -c 8
+    python benchmarks/bench_serve.py --model tiny -n 32 -c 8 --max-batch 1    # queued only, no batching
     python benchmarks/bench_serve.py --model demo --ckpt demo_output/runs/demo_smollm2/<run>/checkpoint_best.pth
 
 Traffic goes to 127.0.0.1 only; request count (<= 1000), concurrency (<= 64) and total time are bounded. Not a test.
@@ -49,6 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
     parser.add_argument("--max-queue", type=int, default=16, help="the server's --max-queue")
+    parser.add_argument("--max-batch", type=int, default=4, help="the server's --max-batch (1: no batching)")
     parser.add_argument("--time-limit", type=float, default=600, help="seconds for the whole load phase")
     parser.add_argument("--startup-timeout", type=float, default=300)
     parser.add_argument("--device", default="cpu")
@@ -87,6 +89,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, options: List[str], port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "minigpt4.serve.cli", "--cfg-path", str(CONFIGS[args.model]), "--options", *options,
            "--host", HOST, "--port", str(port), "--model-name", "bench", "--max-queue", str(args.max_queue),
+           "--max-batch", str(args.max_batch),
            "--max-tokens-cap", str(max(args.max_tokens, 1)), "--device", args.device, "--quiet"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -170,6 +173,7 @@ def run_load(base: str, args: argparse.Namespace) -> Dict[str, Any]:
     latencies = [r[0] for r in done]
     tokens = sum(r[1] for r in done)
     return {"model": args.model, "requests": args.requests, "concurrency": args.concurrency,
+            "max_batch": args.max_batch,
             "max_tokens": args.max_tokens, "ok": len(done), "lost": args.requests - len(done),
             "retries_503": len(retries), "wall_s": round(wall, 2),
             "requests_per_s": round(len(done) / wall, 2) if wall else 0.0,

@@ -242,3 +242,18 @@ def test_cli_flag_errors_are_one_line_exit_2(argv: list, message: str, capsys: p
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("facegpt-serve:") and message in err and "\n" not in err
+
+
+@pytest.mark.slow  # about a minute: a server subprocess builds the tiny model
+def test_bench_serve_loses_no_request(tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--model", "tiny", "-n", "6",
+                          "-c", "3", "--max-tokens", "8", "--time-limit", "120"], capture_output=True, text=True,
+                         timeout=400, cwd=str(tmp_path), env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats["ok"] == 6 and stats["lost"] == 0 and stats["requests_per_s"] > 0
+    assert 0 < stats["p50_s"] <= stats["p95_s"] <= stats["max_s"]
