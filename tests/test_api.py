@@ -57,6 +57,14 @@ def test_batched_predict_equals_each_question_alone(model: FaceGPTModel, faces: 
     assert all(0 <= d.tokens <= NEW_TOKENS and d.seconds > 0 for d in details)
 
 
+def test_batched_predict_equals_alone_on_minigpt4_v1(tiny_llama_dir: Path, faces: List[Path]) -> None:
+    from minigpt4 import load_model
+
+    v1 = load_model(TINY_EVAL["minigpt4"], options=tiny_options(tiny_llama_dir), device="cpu")
+    alone = [v1.chat(face, q, max_new_tokens=NEW_TOKENS) for face, q in zip(faces, QUESTIONS)]
+    assert v1.predict(faces, QUESTIONS, batch_size=3, max_new_tokens=NEW_TOKENS) == alone
+
+
 def test_chat_history_is_the_demo_session(model: FaceGPTModel, faces: List[Path]) -> None:
     from minigpt4.conversation.session import ChatSession
 
