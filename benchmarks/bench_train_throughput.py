@@ -33,8 +33,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "60651a0"
 CONFIGS = {"tiny": "train_configs/tiny_minigpt_v2.yaml", "demo": "train_configs/demo_smollm2.yaml"}
-#: per config: steps per timed window, timed windows per side, batch size (None: the config's)
-PLAN = {"tiny": {"steps": 8, "reps": 5, "batch": None}, "demo": {"steps": 2, "reps": 3, "batch": 4}}
+#: per config: steps per timed window, timed windows per side, batch size (None: the config's), extra options
+#: (the demo runs in fp32 here: CPUs without native bf16 emulate it very slowly)
+PLAN = {"tiny": {"steps": 8, "reps": 5, "batch": None, "options": []},
+        "demo": {"steps": 2, "reps": 3, "batch": 2, "options": ["run.precision=fp32"]}}
 
 
 def old_model_class(arch_cls: type) -> type:
@@ -63,7 +65,7 @@ def setup_config(name: str, work: Path) -> Tuple[Any, int]:
                    f"model.vit_ckpt={write_tiny_eva(work / 'eva.pth')}", "run.num_workers=1"]
     else:
         options = [f"model.llama_model={smollm2_gguf_path()}"]
-    cfg = load_config(REPO / CONFIGS[name], options)
+    cfg = load_config(REPO / CONFIGS[name], options + PLAN[name]["options"])
     return cfg, int(cfg.run.num_workers)
 
 
