@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,7 +44,8 @@ QUESTION = "How old is this person, and what is the expression?"
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="tiny")
-    parser.add_argument("--ckpt", help="demo model checkpoint (default: the newest under demo_output/runs/)")
+    parser.add_argument("--ckpt", help="demo model checkpoint (default: the newest under demo_output/runs/); "
+                        "'none': the demo architecture untrained (speed only, the answers mean nothing)")
     parser.add_argument("-n", "--requests", type=int, default=32)
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
@@ -69,7 +69,7 @@ def model_options(args: argparse.Namespace, work: Path) -> List[str]:
     from minigpt4.models.llm import smollm2_gguf_path
 
     ckpt = args.ckpt or newest_demo_checkpoint()
-    return [f"model.llama_model={smollm2_gguf_path()}", f"model.ckpt={ckpt}"]
+    return [f"model.llama_model={smollm2_gguf_path()}", "model.ckpt=null" if ckpt == "none" else f"model.ckpt={ckpt}"]
 
 
 def newest_demo_checkpoint() -> str:

@@ -185,8 +185,8 @@ def test_bad_requests_get_json_errors_and_the_server_stays_up(client: Any, serve
     assert_still_serving(client, face, engine_answers["first"])
 
 
-def test_full_queue_gives_503_then_the_waiting_requests_are_answered_in_one_batch(client: Any, server: Dict[str, Any], face: Path,
-                                               engine_answers: Dict[str, str]):
+def test_full_queue_gives_503_then_the_waiting_requests_are_answered_in_one_batch(
+        client: Any, server: Dict[str, Any], face: Path, engine_answers: Dict[str, str]):
     """The held worker has one request, MAX_QUEUE wait, the next gets 503; released, the three (prompts of
     different lengths: a padded batch) are answered together, each as the engine answers it alone."""
     worker = server["worker"]

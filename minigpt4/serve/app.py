@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -95,11 +95,9 @@ def create_app(chat: Chat, config: Optional[ServeConfig] = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         raw = await _read_body(request, config.limits)
-        body = parse_body(raw)
-        parsed = await run_in_threadpool(parse_request, body, config.model_id, chat.settings, config.limits)
-        loop = asyncio.get_running_loop()
+        parsed = await run_in_threadpool(_parse, raw, config, chat)  # base64 and image decoding off the loop
         events: "asyncio.Queue[Any]" = asyncio.Queue()
-        job = Job(parsed, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        job = Job(parsed, _emitter(asyncio.get_running_loop(), events))
         worker.submit(job)  # QueueFullError → 503 with Retry-After
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if parsed.stream:
@@ -113,6 +111,22 @@ def create_app(chat: Chat, config: Optional[ServeConfig] = None) -> FastAPI:
         return _completion_body(done, completion_id, parsed)
 
     return app
+
+
+def _parse(raw: bytes, config: ServeConfig, chat: Chat) -> ChatRequest:
+    return parse_request(parse_body(raw), config.model_id, chat.settings, config.limits)
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, events: "asyncio.Queue[Any]") -> Callable[[Any], None]:
+    """A thread-safe ``emit`` for the worker that hands events to this request's queue on the server's loop."""
+
+    def emit(event: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop is closed (server shutting down): nobody waits for this answer
+            pass
+
+    return emit
 
 
 def _key_ok(request: Request, api_key: str) -> bool:
