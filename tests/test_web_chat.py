@@ -291,3 +291,19 @@ def test_browser_chat_upload_ask_stream_reset(browser: Any, served_v2: tuple, fa
     loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
     outside = [u for u in loaded if not (u.startswith(origin) or u.startswith(("data:", "blob:")))]
     assert loaded and not outside, f"the page fetched from outside the server: {outside}"
+
+
+def test_a_port_in_use_is_a_one_line_user_error(served_v2: tuple) -> None:
+    """A second page on the port the first one serves: a WebChatError that names the port and the fix."""
+    from minigpt4.common.errors import is_user_error
+    from minigpt4.web.app import WebApp, WebChatError, build_blocks
+
+    app, url = served_v2
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    second = WebApp(app.web, build_blocks(app.web))
+    try:
+        with pytest.raises(WebChatError, match=rf"cannot listen on 127.0.0.1:{port} .*pass a free --port") as err:
+            launch(second, "127.0.0.1", port, block=False, quiet=True)
+        assert is_user_error(err.value)
+    finally:
+        second.blocks.close()
