@@ -20,11 +20,12 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tu
 
 from minigpt4.common.logger import get_logger
 from minigpt4.processors.image_io import ImagePathError, image_path_in_root
+from minigpt4.prompting.markers import LLAVA_IMAGE_TOKEN
 
 logger = get_logger(__name__)
 
-IMAGE_TOKEN = "<image>"
-_IMAGE_TOKEN_RE = re.compile(r"<image>\n|\n<image>|<image>")
+_TOKEN = re.escape(LLAVA_IMAGE_TOKEN)
+_IMAGE_TOKEN_RE = re.compile(rf"{_TOKEN}\n|\n{_TOKEN}|{_TOKEN}")  # the marker and a newline on either side
 MAX_LISTED = 20
 
 

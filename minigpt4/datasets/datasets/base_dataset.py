@@ -28,10 +28,9 @@ from minigpt4.datasets.datasets.collate import SkippedSample, collate_samples
 from minigpt4.datasets.json_stream import JsonShapeError, iter_array, iter_sections, top_level_kind
 from minigpt4.datasets.records import Record, where
 from minigpt4.processors.image_io import ImageOpenError, image_path_in_root, open_image
+from minigpt4.prompting.markers import IMAGE_PROMPT
 
 logger = get_logger(__name__)
-
-IMAGE_PLACEHOLDER = "<Img><ImageHere></Img>"
 
 
 def load_annotations(path: str) -> List[Any]:
@@ -114,7 +113,7 @@ class BaseDataset(Dataset, abc.ABC):
 
 def instruction(question: str) -> str:
     """Upstream's single-turn / first-turn wrapping: ``"<Img><ImageHere></Img> {question} "``."""
-    return f"{IMAGE_PLACEHOLDER} {question} "
+    return f"{IMAGE_PROMPT} {question} "
 
 
 class ConversationDataset(BaseDataset):
