@@ -96,6 +96,15 @@ def _alive_before(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     return _storages(tensors)
 
 
+def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: Dict[str, Any], autocast: Callable) -> None:
+    """One plain (untracked) training step."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        loss = model(batch)["loss"]
+    loss.backward()
+    optimizer.step()
+
+
 def measured_peak(model: Any, optimizer: torch.optim.Optimizer, batch: Dict[str, Any], autocast: Callable) -> int:
     """Peak bytes of tensors during one training step (see the module docstring)."""
     optimizer.zero_grad(set_to_none=True)
@@ -129,7 +138,7 @@ def _config(name: str, tmp: Path) -> Tuple[str, List[str]]:
     return "train_configs/demo_smollm2.yaml", [f"model.llama_model={smollm2_gguf_path()}"]
 
 
-def run(name: str, repeats: int = 3) -> Dict[str, float]:
+def run(name: str, repeats: int = 3, batch_size: Optional[int] = None) -> Dict[str, float]:
     """Planner and measurement for one config; medians over ``repeats`` alternations."""
     import minigpt4  # noqa: F401
     from minigpt4.common.config import load_config
@@ -143,19 +152,21 @@ def run(name: str, repeats: int = 3) -> Dict[str, float]:
         policy = configure_model_precision(cfg, torch.device("cpu"))
         torch.manual_seed(0)
         model = registry.get_model_class(cfg.model.arch).from_config(cfg.model).train()
-        batch_size = memory._default_batch(cfg)
+        batch_size = batch_size or memory._default_batch(cfg)
         batch = _batch(batch_size, int(cfg.model.image_size))
         with torch.no_grad():
             seq_len = int(model.build_llm_inputs(batch).token_ids.shape[1])
         text_len = seq_len - model.num_image_tokens
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        measured_peak(model, optimizer, batch, policy.autocast)  # warm-up: AdamW's state now exists
+        train_step(model, optimizer, batch, policy.autocast)  # warm-up: AdamW's state now exists
         planned, measured = [], []
         for _ in range(repeats):
             p = memory.plan(plan_cfg, batch_size, text_len, device="cpu")
             planned.append(p.total())
             measured.append(measured_peak(model, optimizer, batch, policy.autocast))
+            print(f"  {name}: planned {planned[-1] / 2**20:.2f} MiB, measured {measured[-1] / 2**20:.2f} MiB",
+                  flush=True)
     plan_m, meas_m = statistics.median(planned), statistics.median(measured)
     return {"batch": batch_size, "seq_len": seq_len, "precision": str(policy), "planned": plan_m,
             "measured": meas_m, "ratio": plan_m / meas_m, "weights": p.weights_total,
@@ -165,12 +176,14 @@ def run(name: str, repeats: int = 3) -> Dict[str, float]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["tiny", "demo"], default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="alternations of planner and measurement")
+    parser.add_argument("--batch-size", type=int, default=None, help="instead of the config's batch size")
     args = parser.parse_args(argv)
     names = [args.only] if args.only else ["tiny", "demo"]
     print(f"{'config':<6} {'batch x tokens':>14} {'planned MiB':>12} {'measured MiB':>13} {'ratio':>6}  precision")
     ok = True
     for name in names:
-        r = run(name)
+        r = run(name, args.repeats, args.batch_size)
         mib = 1024**2
         print(f"{name:<6} {r['batch']:>6} x {r['seq_len']:<5} {r['planned'] / mib:>12.2f} {r['measured'] / mib:>13.2f} "
               f"{r['ratio']:>6.2f}  {r['precision']}  (planned weights {r['weights'] / mib:.2f} MiB, "

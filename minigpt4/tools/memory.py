@@ -189,8 +189,10 @@ def llm_layer_bytes_per_token(s: Shapes) -> float:
 
 
 def logits_bytes_per_token(s: Shapes) -> float:
-    """The head's logits (compute dtype), their fp32 copy for the loss and the saved log-softmax."""
-    return s.vocab * (s.compute_bytes + 4 + 4)
+    """The loss's peak over the vocabulary: the saved fp32 log-softmax, and when backward starts the fp32 gradients
+    with respect to the log-probabilities and to the logits (in the forward, logits + fp32 copy + log-softmax is
+    no more than that)."""
+    return s.vocab * (4 + 4 + 4)
 
 
 def vit_bytes_per_image(vit_cfg: Any, image_size: int, compute_bytes: int, trainable: bool) -> float:
