@@ -14,6 +14,8 @@ Terms (bytes):
 * weights: every parameter in its storage dtype; trainable ones in fp32; quantized linear layers of the LLM at
   :func:`~minigpt4.models.llm.quantized_bytes_per_param` (with LoRA, k-bit preparation keeps the LLM's other
   weights in fp32);
+* autocast copies: weights stored in another dtype than the compute dtype (fp32 weights under bf16 autocast)
+  are cast by every linear layer, and autograd keeps each copy for the backward pass;
 * gradients: fp32, one per trainable parameter; optimizer: AdamW's two fp32 moments per trainable parameter;
 * activations: the tensors autograd keeps for the backward pass, per LLM decoder layer and token (see
   :func:`llm_layer_bytes_per_token`), the logits and loss, a trainable vision tower and the projection; with LLM
@@ -149,6 +151,30 @@ def weight_bytes(model: nn.Module, quantization: str, lora: bool, storage: Dict[
     return out
 
 
+def autocast_copy_bytes(model: nn.Module, policy: PrecisionPolicy, quantization: str,
+                        storage: Dict[str, str]) -> float:
+    """Bytes of the compute-dtype copies autocast makes of weights stored in another dtype (e.g. fp32 weights
+    under bf16 autocast). Each linear layer's copy is kept for the backward pass (the input gradient needs it), so
+    they all live at once; bitsandbytes layers dequantize per call and keep none. Independent of the batch."""
+    if not policy.uses_autocast:
+        return 0.0
+    compute = _itemsize(policy.dtype)
+    quantized = _quantized_linear_names(model.llama_model) if quantization != "none" else set()
+    total = 0.0
+    for prefix, module in (("llama_model", model.llama_model), ("visual_encoder", model.visual_encoder),
+                           ("llama_proj", model.llama_proj)):
+        for name, sub in module.named_modules():
+            if not isinstance(sub, nn.Linear) or name + ".weight" in quantized:
+                continue
+            trainable = sub.weight.requires_grad
+            dtype = "fp32" if trainable else (storage["llm"] if prefix == "llama_model" else storage["vit"])
+            if quantization != "none" and prefix == "llama_model" and not trainable and int(model.cfg.lora_r) > 0:
+                dtype = "fp32"  # k-bit preparation cast the rest of the LLM to fp32
+            if _itemsize(DTYPES[dtype]) != compute:
+                total += sub.weight.numel() * compute
+    return total
+
+
 # ------------------------------------------------------------------------------------------ activations
 @dataclass
 class Shapes:
@@ -225,6 +251,7 @@ class Plan:
     activations: float
     activations_checkpointed: float
     checkpointing_on: bool
+    cast_copies: float = 0.0  # autocast's compute-dtype copies of weights stored in another dtype
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -235,7 +262,7 @@ class Plan:
         """Peak of a training step: weights + gradients + optimizer state + activations."""
         ckpt = self.checkpointing_on if checkpointed is None else checkpointed
         act = self.activations_checkpointed if ckpt else self.activations
-        return self.weights_total + self.gradients + self.optimizer + act
+        return self.weights_total + self.cast_copies + self.gradients + self.optimizer + act
 
 
 def _shapes(llm_config: Any, model_cfg: Any, policy: PrecisionPolicy, storage_llm: str, quantization: str) -> Shapes:
@@ -322,14 +349,16 @@ def plan(cfg: Any, batch_size: int, max_len: Optional[int], device: str = "cuda"
     return Plan(batch_size=batch_size, seq_len=seq_len, image_tokens=model.num_image_tokens, precision=str(policy),
                 quantization=quantization, llm_source=source, weights=weights, trainable_params=trainable,
                 gradients=4.0 * trainable, optimizer=8.0 * trainable, activations=full,
-                activations_checkpointed=ckpt, checkpointing_on=bool(model_cfg.use_grad_checkpoint_llm), notes=notes)
+                activations_checkpointed=ckpt, checkpointing_on=bool(model_cfg.use_grad_checkpoint_llm),
+                cast_copies=autocast_copy_bytes(model, policy, quantization, {"llm": storage.llm, "vit": storage.vit}),
+                notes=notes)
 
 
 def largest_batch(p: Plan, gpu_bytes: float, checkpointed: bool) -> int:
     """The largest batch (at ``p``'s sequence length) whose planned peak fits ``gpu_bytes``; 0 when none does.
 
     Activations are linear in the batch; weights, gradients and optimizer state are not."""
-    fixed = p.weights_total + p.gradients + p.optimizer
+    fixed = p.weights_total + p.cast_copies + p.gradients + p.optimizer
     per_sample = (p.activations_checkpointed if checkpointed else p.activations) / p.batch_size
     if fixed + per_sample > gpu_bytes:
         return 0
@@ -350,6 +379,7 @@ def render(p: Plan, fits: Optional[Dict[str, int]] = None, gpu_gb: Optional[floa
     lines += [f"  {name:<28}{_gib(size)}" for name, size in sorted(p.weights.items())]
     lines += [f"  {'total':<28}{_gib(p.weights_total)}",
               f"trainable parameters: {p.trainable_params:,}",
+              f"autocast weight copies        {_gib(p.cast_copies)}",
               f"gradients (fp32)              {_gib(p.gradients)}",
               f"optimizer (AdamW m+v fp32)    {_gib(p.optimizer)}",
               f"activations                   {_gib(p.activations)}",
