@@ -24,6 +24,7 @@ from minigpt4.common.registry import registry
 from minigpt4.conversation.chat import Chat
 from minigpt4.conversation.conversation import FormatConversation, upstream_template
 from minigpt4.conversation.generation import GenerationSettings
+from minigpt4.models.llm import resolve_quantization
 
 logger = get_logger(__name__)
 
@@ -83,8 +84,8 @@ def build_model(cfg: Config, device: torch.device) -> Any:
         OmegaConf.update(model_cfg, "device_8bit", device.index)  # upstream's --gpu-id for 8-bit loading
     cls = registry.get_model_class(model_cfg.arch)
     model = cls.from_config(model_cfg)
-    if model_cfg.low_resource:
-        _move_all_but_llm(model, device)  # the 8-bit LLM was placed on cuda:<device_8bit> by its loader
+    if resolve_quantization(model_cfg.get("llm_quantization"), bool(model_cfg.low_resource)) != "none":
+        _move_all_but_llm(model, device)  # the k-bit LLM was placed on cuda:<device_8bit> (or cpu) by its loader
     else:
         model = model.to(device)
     return model.eval()
