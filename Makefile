@@ -4,20 +4,24 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo bench clean-venv
+.PHONY: setup test test-slow test-all demo bench clean-venv
 
 setup:
 	@bash scripts/setup_venv.sh
 
-## Run the whole test suite and print its wall time.
+## The test suite without the tests marked slow (CI runs this; under 10 minutes on 2 cores). Prints its wall time.
 test: setup
 	@start=$$(date +%s); \
-	$(PY) -m pytest -q $(PYTEST_ARGS); status=$$?; \
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); status=$$?; \
 	echo "test suite wall time: $$(( $$(date +%s) - start )) s"; exit $$status
 
-## The suite without the tests that load real SmolLM2 weights.
-test-fast: setup
-	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+## Only the tests marked slow (real SmolLM2 weights, torchrun, 4-bit SmolLM2, the serving benchmark): many minutes.
+test-slow: setup
+	@$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+## Everything.
+test-all: setup
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## Synthetic faces -> train a small MiniGPT-v2-style model on SmolLM2 (CPU) -> accuracy -> chat.
 demo: setup
