@@ -44,6 +44,19 @@ def get_logger(name: Optional[str] = None) -> logging.Logger:
     return logging.getLogger(f"{ROOT}.{name}")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes each record to whatever ``sys.stderr`` is at that moment (a redirected or captured stderr), so a
+    handler set up once never writes to a stream that was replaced and closed since."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102 - the current standard error
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream assign it; the current stderr wins
+        pass
+
+
 def setup_logging(level: int = logging.INFO, rank: Optional[int] = None, stream=None) -> logging.Logger:
     """Attach one stream handler to the package logger (idempotent) with the rank-zero filter."""
     root = logging.getLogger(ROOT)
@@ -51,7 +64,7 @@ def setup_logging(level: int = logging.INFO, rank: Optional[int] = None, stream=
     for handler in list(root.handlers):
         if getattr(handler, "_facegpt", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(_RankZeroFilter(rank))
     handler.setLevel(level)  # the console keeps its level even when a run file log lowers the logger's
