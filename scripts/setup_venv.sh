@@ -27,7 +27,7 @@ fi
 cons=$(mktemp)
 if [ "$keep_torch" = 1 ]; then grep -v -E '^(torch|torchvision)==' constraints.txt > "$cons"; else cp constraints.txt "$cons"; fi
 echo "setup: installing FaceGPT and its dependencies into $VENV"
-$pip install -c "$cons" -e ".[dev,demo,quant,serve]"
+$pip install -c "$cons" -e ".[dev,demo,quant,serve,eval]"
 # The web chat ([web] extra): gradio 6.31 declares pillow<13, but the image pipeline is tested with pillow 13.0.0
 # (its resize reproduces upstream's recorded image tensors; the web chat is tested with it too). Install gradio with
 # the pillow pin lifted, then put the tested pillow back without touching the packages that depend on it.
