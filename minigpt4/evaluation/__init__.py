@@ -1,0 +1,1 @@
+"""Evaluation of FaceGPT models: label maps, metrics, reports and public benchmarks."""
