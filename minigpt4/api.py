@@ -27,7 +27,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from minigpt4.common.checkpoint_io import read_saved_config
 from minigpt4.common.config import LIBRARY_ROOT, Config, load_config
@@ -36,7 +35,7 @@ from minigpt4.common.logger import get_logger
 from minigpt4.conversation.chat import Chat, ContextTooLongError
 from minigpt4.conversation.conversation import Conversation
 from minigpt4.conversation.factory import chat_from_config, resolve_device
-from minigpt4.conversation.generation import GenerationSettings
+from minigpt4.conversation.generation import GenerationSettings, padded_generate_kwargs
 from minigpt4.processors.image_io import ImageOpenError, open_image, to_rgb
 
 logger = get_logger(__name__)
@@ -171,32 +170,6 @@ def read_image(image: ImageLike, opener: Any = open_image, index: Optional[int] 
                         f"not {type(image).__name__}")
 
 
-class _QuietPenaltyOverride(logging.Filter):
-    """Drops transformers' note that our repetition-penalty processor replaces its own (that is the intent)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("RepetitionPenaltyLogitsProcessor" in text and "take precedence" in text)
-
-
-logging.getLogger("transformers.generation.utils").addFilter(_QuietPenaltyOverride())
-
-
-def padded_generate_kwargs(settings: GenerationSettings, mask: torch.Tensor) -> Dict[str, Any]:
-    """``generate`` arguments for a left-padded batch ``mask`` ``[B, L]``: the repetition penalty of every row
-    covers all of its generated ids, as for a batch of one.
-
-    transformers 5 builds its penalty with ``prompt_ignore_length`` = each row's padding length; with an
-    embeddings-only prompt the penalised ids are the generated ones only, so a padded row would skip the penalty for
-    its first (padding length) answer tokens. A processor of the same type given by the caller takes its place.
-    """
-    kwargs = settings.generate_kwargs()
-    penalty = float(kwargs.get("repetition_penalty", 1.0))
-    if penalty != 1.0 and bool((mask == 0).any()):
-        kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
-    return kwargs
-
-
 # ---------------------------------------------------------------------------------------------- the model
 class FaceGPTModel:
     """A loaded model with ``chat`` (one image, multi-turn) and ``predict`` (many images, batched)."""
@@ -279,7 +252,7 @@ class FaceGPTModel:
         seconds = time.perf_counter() - started
         result = []
         for conv, row in zip(convs, ids):
-            cleaner = chat._cleaner(conv)
+            cleaner = chat.answer_cleaner(conv)
             result.append(Prediction(cleaner.text(row), len(cleaner.ids_before_stop(row)), seconds))
         return result
 

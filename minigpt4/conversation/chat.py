@@ -208,6 +208,16 @@ class Chat:
         embs, prompt, dropped = self._prepare(conv, img_list, settings)
         return AnswerStream(self, conv, embs, settings, self._cleaner(conv), prompt, dropped)
 
+    def prepare_context(self, conv: Conversation, img_list: list,
+                        settings: GenerationSettings) -> Tuple[torch.Tensor, str, int]:
+        """Open the assistant slot and embed the context as :meth:`reply` would: ``(embeds [1, L, H], prompt
+        text, dropped turns)``, for callers that batch several conversations into one generation."""
+        return self._prepare(conv, img_list, settings)
+
+    def answer_cleaner(self, conv: Conversation) -> AnswerCleaner:
+        """How generated ids become this conversation's answer text (stop sequences, role marker)."""
+        return self._cleaner(conv)
+
     # ---------------------------------------------------------------------------- internals
     def _cleaner(self, conv: Conversation) -> AnswerCleaner:
         if isinstance(conv, FormatConversation):  # stop texts: the decoded stop sequences (EOS, end_sym)

@@ -9,13 +9,18 @@
 * :class:`AnswerCleaner` — turns generated ids into the answer text: cut at the first stop sequence / stop text,
   drop special tokens, drop a leading assistant role marker. :meth:`AnswerCleaner.partial` gives the part of an
   unfinished answer that is safe to show while streaming (it holds back what may still become a stop text).
+* :func:`padded_generate_kwargs` — ``generate`` arguments for a left-padded batch (the batched API, the server).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from minigpt4.common.logger import get_logger
 
@@ -208,3 +213,29 @@ class AnswerCleaner:
                     text = text[:-k].rstrip()
                     break
         return text
+
+
+class _QuietPenaltyOverride(logging.Filter):
+    """Drops transformers' note that our repetition-penalty processor replaces its own (that is the intent)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("RepetitionPenaltyLogitsProcessor" in text and "take precedence" in text)
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_QuietPenaltyOverride())
+
+
+def padded_generate_kwargs(settings: GenerationSettings, mask: torch.Tensor) -> Dict[str, Any]:
+    """``generate`` arguments for a left-padded batch ``mask`` ``[B, L]``: the repetition penalty of every row
+    covers all of its generated ids, as for a batch of one.
+
+    transformers 5 builds its penalty with ``prompt_ignore_length`` = each row's padding length; with an
+    embeddings-only prompt the penalised ids are the generated ones only, so a padded row would skip the penalty for
+    its first (padding length) answer tokens. A processor of the same type given by the caller takes its place.
+    """
+    kwargs = settings.generate_kwargs()
+    penalty = float(kwargs.get("repetition_penalty", 1.0))
+    if penalty != 1.0 and bool((mask == 0).any()):
+        kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+    return kwargs

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from minigpt4.common.logger import get_logger
 from minigpt4.conversation.chat import Chat, ContextTooLongError
 from minigpt4.conversation.conversation import Conversation
-from minigpt4.conversation.generation import AnswerCleaner, GenerationSettings, SettingsError, find_stop
+from minigpt4.conversation.generation import (AnswerCleaner, GenerationSettings, SettingsError, find_stop,
+                                              padded_generate_kwargs)
 from minigpt4.serve.errors import ApiError
 from minigpt4.serve.protocol import ChatRequest
 
@@ -247,11 +247,11 @@ class ChatWorker:
             conv, img_list = self.conversation(job.request)
             try:
                 with _as_api_error():
-                    embs, _prompt, _dropped = self.chat._prepare(conv, img_list, settings)  # (1, L, H)
+                    embs, _prompt, _dropped = self.chat.prepare_context(conv, img_list, settings)  # (1, L, H)
             except ApiError as err:
                 job.emit(("error", err))
                 continue
-            ready.append((job, self.chat._cleaner(conv), embs))
+            ready.append((job, self.chat.answer_cleaner(conv), embs))
         if not ready:
             return
         rows = self._generate_padded([embs for _, _, embs in ready], settings)
@@ -270,12 +270,7 @@ class ChatWorker:
         for i, emb in enumerate(embeds):
             batch[i, length - emb.shape[1]:] = emb[0]
             mask[i, length - emb.shape[1]:] = 1
-        kwargs = settings.generate_kwargs()
-        if kwargs.get("repetition_penalty", 1.0) != 1.0:
-            # a padded row must penalise all of its generated ids, as a batch of one does (transformers would
-            # skip the first <padding length> ones of an embeddings-only prompt)
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [RepetitionPenaltyLogitsProcessor(float(kwargs.pop("repetition_penalty")))])
+        kwargs = padded_generate_kwargs(settings, mask)
         if settings.do_sample and settings.seed is not None:
             torch.manual_seed(settings.seed)
         with torch.inference_mode(), self.chat.precision.autocast():
