@@ -7,28 +7,17 @@ autocast inside the forwards and no GradScaler. (The precision section is tested
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from train_support import REPO
-
-
-def _gpu_check() -> Any:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from train_support import load_gpu_check
 
 
 def test_tiny_acceptance_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("bitsandbytes", reason="the 4-bit rows need bitsandbytes (make test installs it)")
-    gpu_check = _gpu_check()
+    gpu_check = load_gpu_check()
     out = tmp_path / "report.json"
     status = gpu_check.main(["--tiny", "--sections", "acceptance", "--peak-tflops", "0.5", "--workdir",
                              str(tmp_path), "--out", str(out)])
@@ -56,7 +45,7 @@ def test_tiny_acceptance_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytes
 
 
 def test_peak_tflops_from_the_device_name() -> None:
-    gpu_check = _gpu_check()
+    gpu_check = load_gpu_check()
     assert gpu_check.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.0
     assert gpu_check.peak_tflops("NVIDIA H100 PCIe", None) == 756.0
     assert gpu_check.peak_tflops("NVIDIA A100-SXM4-80GB", None) == 312.0
@@ -71,7 +60,7 @@ def test_full_size_dimensions_are_llama2_7b_eva_g_448_lora_64() -> None:
 
     from minigpt4.common.registry import registry
 
-    gpu_check = _gpu_check()
+    gpu_check = load_gpu_check()
     full = gpu_check.FULL
     llm_config = LlamaConfig(**full.llm, num_key_value_heads=full.llm["num_attention_heads"])
     model = registry.get_model_class("minigpt_v2").build_on_meta(gpu_check.model_config(full), llm_config)

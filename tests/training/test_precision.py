@@ -9,7 +9,6 @@ README ("Precision per config"); ``python tests/training/test_precision.py`` pri
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 
-from train_support import REPO, tiny_options
+from train_support import REPO, load_gpu_check, tiny_options
 from minigpt4.common.config import Config, ConfigError, load_config
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import (FrozenStorage, PrecisionPolicy, apply_frozen_storage, frozen_storage,
@@ -277,23 +276,16 @@ def test_training_step_autocast_inside_llm_and_vision_cuda(precision: str, tiny_
 
 
 # ------------------------------------------------------------------------------------- benchmarks/gpu_check.py
-def _gpu_check() -> Any:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_gpu_check_refuses_a_machine_without_cuda(capsys: pytest.CaptureFixture) -> None:
-    assert _gpu_check().main([]) == 2
+    assert load_gpu_check().main([]) == 2
     assert "no CUDA device is available" in capsys.readouterr().err
 
 
 def test_gpu_check_dry_run_reports_what_the_hooks_saw(facegpt_data_env: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
-    assert _gpu_check().main(["--device", "cpu", "--precisions", "fp16", "--steps", "2", "--json", str(out)]) == 0
+    assert load_gpu_check().main(["--device", "cpu", "--precisions", "fp16", "--steps", "2", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert (row["llm_autocast"], row["vision_autocast"], row["grad_scaler"]) == ("fp16", "fp16", True)
     assert (row["llm_storage"], row["vision_storage"]) == ("float16", "float16")

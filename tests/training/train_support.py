@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List
 
 from minigpt4.tools.tiny_weights import write_tiny_blip2 as _write_tiny_blip2
 from minigpt4.tools.tiny_weights import write_tiny_eva  # noqa: F401  (used by the training conftest)
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def load_gpu_check() -> ModuleType:
+    """``benchmarks/gpu_check.py`` imported as the module ``gpu_check`` (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def write_tiny_blip2(path: Path) -> Path:
