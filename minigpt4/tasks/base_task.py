@@ -36,6 +36,7 @@ from minigpt4.common.dist_utils import all_reduce_tensor, current_device
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import PrecisionPolicy, configure_model_precision
 from minigpt4.common.registry import registry
+from minigpt4.datasets.identity import HeldOutReport, hold_out_across_datasets
 
 logger = get_logger(__name__)
 
@@ -129,6 +130,7 @@ class BaseTask:
 
     def __init__(self) -> None:
         self.cfg: Any = None
+        self.heldout_report: Optional[HeldOutReport] = None  # set by build_datasets
 
     @classmethod
     def setup_task(cls, cfg: Any = None, **kwargs: Any) -> "BaseTask":
@@ -144,7 +146,13 @@ class BaseTask:
         return model_cls.from_config(cfg.model)
 
     def build_datasets(self, cfg: Any) -> Dict[str, Dict[str, Any]]:
-        """``{dataset name: {split: dataset}}``: each ``datasets.<name>`` entry names a registered builder."""
+        """``{dataset name: {split: dataset}}``: each ``datasets.<name>`` entry names a registered builder.
+
+        After every builder has built its splits, the records whose image equals (by path, else by content) a
+        held-out image of any dataset of the run are removed from every training split
+        (:func:`~minigpt4.datasets.identity.hold_out_across_datasets`); what was removed is logged and kept in
+        :attr:`heldout_report`.
+        """
         self.cfg = cfg
         if not cfg.datasets:
             raise ValueError(f"{getattr(cfg, 'source', 'config')}: the datasets section is empty; name at least one "
@@ -152,10 +160,11 @@ class BaseTask:
         datasets: Dict[str, Dict[str, Any]] = {}
         for name, dataset_cfg in cfg.datasets.items():
             builder = registry.get_builder_class(name)(dataset_cfg)
-            splits = builder.build_datasets()
+            datasets[name] = builder.build_datasets()
+        self.heldout_report = hold_out_across_datasets(datasets)
+        for name, splits in datasets.items():
             sizes = ", ".join(f"{split}={len(ds)}" for split, ds in splits.items() if hasattr(ds, "__len__"))
             logger.info("dataset %s: %s", name, sizes or "(iterable)")
-            datasets[name] = splits
         return datasets
 
     # ------------------------------------------------------------------------------- steps
