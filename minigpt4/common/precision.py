@@ -138,10 +138,11 @@ class FrozenStorage:
 
     llm: str
     vit: str
-    llm_8bit: bool = False  # ``low_resource``: the LLM's linear layers are int8, the rest in ``llm``
+    llm_quant: str = "none"  # ``8bit`` / ``4bit``: the LLM's linear layers are int8 / NF4, the rest in ``llm``
 
     def __str__(self) -> str:
-        llm = f"int8 + {self.llm}" if self.llm_8bit else self.llm
+        kind = {"8bit": "int8", "4bit": "nf4"}.get(self.llm_quant)
+        llm = f"{kind} + {self.llm}" if kind else self.llm
         return f"LLM {llm}, vision tower {self.vit}"
 
 
@@ -150,7 +151,11 @@ def frozen_storage(model_cfg: Any, policy: PrecisionPolicy) -> FrozenStorage:
     llm = storage_precision(_get(model_cfg, "llm_precision", "fp16"), policy)
     trainable_vit = not bool(_get(model_cfg, "freeze_vit", True))
     vit = "fp32" if trainable_vit else storage_precision(_get(model_cfg, "vit_precision", "fp16"), policy)
-    return FrozenStorage(llm=llm, vit=vit, llm_8bit=bool(_get(model_cfg, "low_resource", False)))
+    from minigpt4.models.llm import resolve_quantization  # a model-side rule; imported late (no import cycle)
+
+    quant = resolve_quantization(_get(model_cfg, "llm_quantization", None),
+                                 bool(_get(model_cfg, "low_resource", False)))
+    return FrozenStorage(llm=llm, vit=vit, llm_quant=quant)
 
 
 def apply_frozen_storage(model_cfg: Any, policy: PrecisionPolicy) -> FrozenStorage:

@@ -144,7 +144,14 @@ def test_frozen_storage_follows_the_compute_dtype(requested: str, policy: str, s
 def test_trainable_tower_and_8bit_llm_storage() -> None:
     policy = PrecisionPolicy("bf16", "cuda")
     storage = frozen_storage({"vit_precision": "fp16", "freeze_vit": False, "low_resource": True}, policy)
-    assert storage == FrozenStorage(llm="bf16", vit="fp32", llm_8bit=True)
+    assert storage == FrozenStorage(llm="bf16", vit="fp32", llm_quant="8bit")
+    assert str(storage) == "LLM int8 + bf16, vision tower fp32"
+
+
+def test_4bit_llm_storage_is_named_in_the_log_line() -> None:
+    storage = frozen_storage({"llm_quantization": "4bit"}, PrecisionPolicy("bf16", "cuda"))
+    assert storage.llm_quant == "4bit"
+    assert str(storage) == "LLM nf4 + bf16, vision tower bf16"
 
 
 def test_apply_rewrites_the_model_keys_and_logs(caplog: pytest.LogCaptureFixture) -> None:
