@@ -56,6 +56,33 @@ def content_key(path: str) -> str:
     return cached
 
 
+def hashed_paths() -> List[str]:
+    """Paths hashed so far in this process (the cache of :func:`content_key`), for diagnostics and tests."""
+    return sorted({key[0] for key in _HASHES})
+
+
+def identity_keys(paths: Iterable[str]) -> Dict[str, str]:
+    """``{normalised path: identity}`` for every readable file of ``paths``: two get equal identities exactly when
+    their bytes are equal. Only files whose size another file shares are hashed (``sha256:<hex>``); a file with a
+    size of its own is its own identity (``path:<normalised path>``). Unreadable files are left out."""
+    by_size: Dict[int, List[str]] = {}
+    for path in sorted({normalised_path(p) for p in paths}):
+        size = _size(path)
+        if size is not None:
+            by_size.setdefault(size, []).append(path)
+    keys: Dict[str, str] = {}
+    for group in by_size.values():
+        for path in group:
+            if len(group) == 1:
+                keys[path] = f"path:{path}"
+                continue
+            try:
+                keys[path] = f"sha256:{content_key(path)}"
+            except OSError:
+                continue
+    return keys
+
+
 def _size(path: str) -> Optional[int]:
     try:
         return os.stat(path).st_size

@@ -2,8 +2,10 @@
 
 Per file: records, unique images (set of normalised paths), malformed records; per section: records, unique
 images, refusal rate (:func:`minigpt4.tools.data_clean.is_refusal`), answer-length percentiles (words);
-between the ShareGPT lists: images shared by each pair and by all, and the union; images missing or
-undecodable under each file's image root, and image paths that land outside it (refused, never opened).
+between the ShareGPT lists: images shared by each pair and by all, and the union; between every pair of files:
+images with the same bytes (by content, whatever their paths; :mod:`minigpt4.datasets.identity`), with examples;
+images missing or undecodable under each file's image root, and image paths that land outside it (refused, never
+opened).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Dict, List, Sequence, Set
 
 import numpy as np
 
+from minigpt4.datasets.identity import identity_keys, normalised_path
 from minigpt4.datasets.records import RecordError, parse_record
 from minigpt4.datasets.schemas import FieldMap
 from minigpt4.processors.image_io import ImageOpenError, ImagePathError, image_path_in_root, open_image
@@ -29,6 +32,7 @@ from minigpt4.tools.data_common import (
 )
 
 PERCENTILES = (50, 90, 99)
+EXAMPLES = 3  # example path pairs kept per pair of files
 
 
 def percentiles(values: Sequence[int]) -> Dict[str, float]:
@@ -112,8 +116,49 @@ def file_stats(ann: AnnFile, check_images: str = "exists", prompt_sections: Sequ
     }
 
 
+def _readable_images(images: Set[str], root: str) -> Dict[str, str]:
+    """``{full path: path as written}`` for the images of one file that lie inside ``root`` and exist."""
+    out = {}
+    for rel in images:
+        try:
+            path = image_path_in_root(root, rel)
+        except ImagePathError:
+            continue
+        if os.path.isfile(path):
+            out[path] = rel
+    return out
+
+
+def content_duplicates(images: Dict[str, Dict[str, str]], examples: int = EXAMPLES) -> Dict[str, Any]:
+    """Images with the same bytes in two files (any paths), per pair of files, and repeated inside one file.
+
+    ``images``: ``{file label: {full path: path as written}}``. A pair's ``shared_images`` counts distinct
+    contents found in both files; ``other_path`` those of them that the two files name by different paths only
+    (what a comparison of paths misses). ``within`` counts, per file, extra paths that repeat an image's bytes.
+    """
+    keys = identity_keys(path for paths in images.values() for path in paths)
+    by_file: Dict[str, Dict[str, List[str]]] = {}  # label -> identity -> paths as written
+    for label, paths in images.items():
+        ids: Dict[str, List[str]] = {}
+        for path, rel in sorted(paths.items()):
+            key = keys.get(normalised_path(path))
+            if key is not None:
+                ids.setdefault(key, []).append(rel)
+        by_file[label] = ids
+    pairs = []
+    for a, b in combinations(sorted(by_file), 2):
+        shared = sorted(set(by_file[a]) & set(by_file[b]))
+        other = sorted((k for k in shared if not set(by_file[a][k]) & set(by_file[b][k])),
+                       key=lambda k: by_file[a][k][0])
+        pairs.append({"a": a, "b": b, "shared_images": len(shared), "other_path": len(other),
+                      "examples": [[by_file[a][k][0], by_file[b][k][0]] for k in other[:examples]]})
+    within = {label: sum(len(rels) - 1 for rels in ids.values()) for label, ids in by_file.items()}
+    return {"pairs": pairs, "within": within}
+
+
 def compute_stats(anns: Sequence[AnnFile], check_images: str = "exists") -> Dict[str, Any]:
-    """Statistics of every file plus the image overlap between the ShareGPT lists."""
+    """Statistics of every file, the image overlap between the ShareGPT lists (by path) and, unless
+    ``check_images`` is ``none``, the images every pair of files shares by content."""
     per_file = {ann.label: file_stats(ann, check_images) for ann in anns}
     lists = [label for label, s in per_file.items() if s["kind"] == "array"]
     sets = {label: per_file[label].pop("_images") for label in per_file}
@@ -123,7 +168,11 @@ def compute_stats(anns: Sequence[AnnFile], check_images: str = "exists") -> Dict
         "shared_by_all": len(set.intersection(*(sets[x] for x in lists))) if lists else 0,
         "union_images": len(set().union(*(sets[x] for x in lists))) if lists else 0,
     }
-    return {"files": per_file, "overlap": overlap}
+    out = {"files": per_file, "overlap": overlap}
+    if check_images != "none":
+        out["content_duplicates"] = content_duplicates(
+            {label: _readable_images(sets[label], per_file[label]["image_root"]) for label in per_file})
+    return out
 
 
 def render(stats: Dict[str, Any]) -> str:
@@ -146,6 +195,7 @@ def render(stats: Dict[str, Any]) -> str:
         out += ["", "Image overlap between the ShareGPT lists (unique paths):"]
         out += [f"  {p['a']} & {p['b']}: {p['shared_images']}" for p in ov["pairs"]]
         out += [f"  shared by all: {ov['shared_by_all']}   union: {ov['union_images']}"]
+    out += _render_content_duplicates(stats.get("content_duplicates"))
     for label, s in stats["files"].items():
         for kind in ("missing", "undecodable", "outside_root"):
             paths = s["image_check"][kind]
@@ -153,6 +203,21 @@ def render(stats: Dict[str, Any]) -> str:
                 what = "image path(s) outside the image root" if kind == "outside_root" else f"{kind} image(s)"
                 out.append(f"{label}: {len(paths)} {what}, e.g. {', '.join(paths[:3])}")
     return "\n".join(out)
+
+
+def _render_content_duplicates(dup: Any) -> List[str]:
+    if not dup or not (any(p["shared_images"] for p in dup["pairs"]) or any(dup["within"].values())):
+        return []
+    rows = [[p["a"], p["b"], p["shared_images"], p["other_path"],
+             "; ".join(f"{x} = {y}" for x, y in p["examples"][:1]) or "-"]
+            for p in dup["pairs"] if p["shared_images"]]
+    out = ["", "Images with the same bytes in two files (by content; a held-out image of one is removed from the "
+               "training splits of all):"]
+    if rows:
+        out.append(format_table(rows, ["file a", "file b", "shared images", "under another path", "e.g."]))
+    out += [f"  {label}: {n} image path(s) repeat the bytes of another path in the same file"
+            for label, n in dup["within"].items() if n]
+    return out
 
 
 def section_chart(stats: Dict[str, Any], path: str) -> str:
