@@ -218,3 +218,18 @@ def upstream_template(name: str) -> Conversation:
     if name not in TEMPLATES:
         raise TemplateError(f"unknown conversation template {name!r}; known: {sorted(TEMPLATES)}")
     return TEMPLATES[name].copy()
+
+
+# --------------------------------------------------------------------------------- upstream's other names here
+_UPSTREAM_COMPAT_NAMES = ("Chat", "StoppingCriteriaSub")
+
+
+def __getattr__(name: str) -> Any:
+    """Upstream kept ``Chat`` and ``StoppingCriteriaSub`` in this module, and code written for it (VLMEvalKit's
+    MiniGPT-4 wrapper) imports them from here: they come from :mod:`minigpt4.conversation.upstream_compat`, loaded on
+    first use (it imports the chat engine, which imports this module)."""
+    if name in _UPSTREAM_COMPAT_NAMES:
+        from minigpt4.conversation import upstream_compat
+
+        return getattr(upstream_compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
