@@ -64,17 +64,27 @@ class ConversationDatasetConfig(DatasetConfig):
     require_image_token: bool = False  # True: a record without '<image>' in its questions is malformed
     field_map: FieldMap = field(default_factory=FieldMap)
     split: SplitConfig = field(default_factory=SplitConfig)
+    shuffle_buffer: int = 64  # build_info.shards only: samples held by the seeded in-shard shuffle (<= 1: off)
 
 
 @dataclass
-class ShareGPTBuildInfo:
+class ShardPaths:
+    """Shard sets written by ``facegpt-data shards`` (shared by the face builders' ``build_info``)."""
+
+    # webdataset shards written by `facegpt-data shards`: "OUT/shard-{000000..000123}.tar" (brace expansion).
+    # When set, the train split streams from them and ann_path / image_path are not read.
+    shards: Any = None
+    val_shards: Any = None  # the validation split from its own shard set (packed from a val file)
+
+
+@dataclass
+class ShareGPTBuildInfo(ShardPaths):
     """Where ShareGPT_Face reads from."""
 
     image_path: str = path_field("", "dir", required=True, help="image root the records' 'image' paths are under")
     # one JSON list (upstream's key) or a list of them, read in order
     ann_path: Any = path_field("", "file", required=True, many=True, check=json_list_file,
                                help="ShareGPT4V/LLaVA JSON list file(s)")
-
 
 @dataclass
 class ShareGPTFaceConfig(ConversationDatasetConfig):
@@ -84,13 +94,12 @@ class ShareGPTFaceConfig(ConversationDatasetConfig):
 
 
 @dataclass
-class FaceGPT4VisionBuildInfo:
+class FaceGPT4VisionBuildInfo(ShardPaths):
     """Where FaceGPT4Vision reads from."""
 
     image_path: str = path_field("", "dir", required=True, help="image root the records' 'image' paths are under")
     ann_path: str = path_field("", "file", required=True, check=json_sections_file,
                                help="JSON object: section name -> list of records")
-
 
 @dataclass
 class FaceGPT4VisionConfig(ConversationDatasetConfig):

@@ -10,7 +10,10 @@ batches an uninterrupted run would:
   identical on every rank), padded to a multiple of the world size, rank ``r`` takes every ``world_size``-th
   index from ``r``. The union of the ranks' k-th batches is then the k-th batch of a single process with
   ``world_size`` times the batch size.
-* :class:`ResumableLoader` — an endless iterator over one dataset that counts ``(pass, batches)``.
+* :class:`ResumableLoader` — an endless iterator over one dataset that counts ``(pass, batches)``. A *positioned*
+  stream (a dataset with ``configure`` and ``batches_per_pass``: the webdataset shards of
+  :mod:`minigpt4.datasets.shards`) splits itself by rank and loader worker, knows its length, and starts a pass at
+  a batch position without re-reading what came before; other iterable datasets are re-read up to the position.
 * :class:`MixingLoader` — picks the loader of each iteration from a hash of ``(seed, iteration)``; the choice is
   the same on every rank (so all ranks draw from the same dataset at each step).
 
@@ -87,17 +90,24 @@ class ResumableLoader:
         self.name, self.dataset, self.batch_size = name, dataset, int(batch_size)
         self.num_workers, self.seed, self.rank, self.world_size = int(num_workers), seed, rank, world_size
         self.collate_fn, self.pin_memory, self.shuffle = collate_fn, pin_memory, shuffle
-        self.iterable = isinstance(dataset, IterableDataset)
+        self.positioned = is_positioned(dataset)
+        # iterable: a stream with no length that the runner cannot split by rank (re-read up to a position)
+        self.iterable = isinstance(dataset, IterableDataset) and not self.positioned
         self.pass_index = 0
         self.batches = 0  # batches handed out in the current pass
         self._it: Optional[Iterator[Any]] = None
+        if self.positioned and len(self) == 0:
+            raise ValueError(f"dataset {name!r} has no sample (its shard manifest counts 0 records)")
         if not self.iterable and len(self) == 0:
             raise ValueError(
                 f"dataset {name!r} has {len(dataset)} samples: fewer than one batch per rank "  # type: ignore[arg-type]
                 f"(batch_size {batch_size} x world size {world_size}). Lower datasets.{name}.batch_size or add data.")
 
     def __len__(self) -> int:
-        """Batches per pass on this rank (map-style datasets)."""
+        """Batches per pass on this rank (map-style datasets and positioned streams)."""
+        if self.positioned:
+            return int(self.dataset.batches_per_pass(self.batch_size, self.world_size,  # type: ignore[attr-defined]
+                                                     self.num_workers))
         per_rank = -(-len(self.dataset) // self.world_size)  # type: ignore[arg-type]
         return per_rank // self.batch_size
 
@@ -106,6 +116,12 @@ class ResumableLoader:
         gen.manual_seed(mix_seed(self.seed, self.pass_index, self.rank, 17))
         common = dict(batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=self.collate_fn,
                       pin_memory=self.pin_memory, generator=gen, drop_last=True)
+        if self.positioned:  # every sample once per pass (short last batch per worker), resumed without re-reading
+            self.dataset.configure(rank=self.rank, world_size=self.world_size,  # type: ignore[attr-defined]
+                                   num_workers=self.num_workers, seed=self.seed, pass_index=self.pass_index,
+                                   start_batches=self.batches, batch_size=self.batch_size, shuffle=self.shuffle,
+                                   pad=True)
+            return iter(DataLoader(self.dataset, **{**common, "drop_last": False}))
         if self.iterable:
             it = iter(DataLoader(self.dataset, **common))
             for _ in range(self.batches):  # no random access: re-read up to the recorded position
@@ -135,14 +151,25 @@ class ResumableLoader:
             return batch
         raise RuntimeError(f"dataset {self.name!r} produced no batch in a whole pass (empty iterable dataset?)")
 
+    def _layout(self) -> Dict[str, int]:
+        """What a positioned stream's batch position depends on."""
+        return {"world_size": self.world_size, "num_workers": self.num_workers, "batch_size": self.batch_size}
+
     def state(self) -> Dict[str, Any]:
-        return {"name": self.name, "pass": self.pass_index, "batches": self.batches}
+        return {"name": self.name, "pass": self.pass_index, "batches": self.batches, **self._layout()}
 
     def load_state(self, state: Dict[str, Any]) -> None:
         if state["name"] != self.name:
             raise ValueError(f"loader state is for dataset {state['name']!r}, not {self.name!r}")
         self.pass_index, self.batches = int(state["pass"]), int(state["batches"])
         self._it = None
+        if self.positioned and self.batches:
+            saved = {k: int(state.get(k, -1)) for k in self._layout()}
+            if saved != self._layout():
+                logger.warning("dataset %s: the checkpoint was written with %s, this run has %s; the shard position "
+                               "cannot be carried over, so pass %d starts again from its beginning", self.name,
+                               saved, self._layout(), self.pass_index)
+                self.batches = 0
 
 
 class MixingLoader:
@@ -202,10 +229,22 @@ class MixingLoader:
             loader.load_state(sub)
 
 
+def is_positioned(dataset: Any) -> bool:
+    """Whether ``dataset`` is a stream that splits itself by rank and worker and starts at a batch position."""
+    return isinstance(dataset, IterableDataset) and callable(getattr(dataset, "configure", None)) \
+        and callable(getattr(dataset, "batches_per_pass", None))
+
+
 def validation_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: int, world_size: int,
                       collate_fn: Optional[Callable[[List[Any]], Any]] = None, pin_memory: bool = False,
                       seed: int = 0) -> DataLoader:
-    """Sequential loader over this rank's strided share of ``dataset`` (no padding, no dropped samples)."""
+    """Sequential loader over this rank's share of ``dataset`` (no padding, no dropped samples): strided indices,
+    or a positioned stream's contiguous slots in file order."""
+    if is_positioned(dataset):
+        dataset.configure(rank=rank, world_size=world_size, num_workers=num_workers,  # type: ignore[attr-defined]
+                          seed=seed, pass_index=0, start_batches=0, batch_size=batch_size, shuffle=False, pad=False)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                          pin_memory=pin_memory, drop_last=False)
     indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
     gen = torch.Generator()
     gen.manual_seed(mix_seed(seed, rank, 23))

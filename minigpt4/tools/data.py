@@ -1,6 +1,7 @@
 """``python -m minigpt4.tools.data <command>`` (console script ``facegpt-data``): FaceGPT's data tools.
 
-Commands: ``stats``, ``clean``, ``validate``, ``split``, ``synth``, ``render``; ``--help`` on each lists its flags.
+Commands: ``stats``, ``clean``, ``validate``, ``split``, ``synth``, ``render``, ``shards``; ``--help`` on each lists
+its flags.
 Exit status: 0 on success, 1 when ``validate`` finds problems (or a programming error, with its traceback), 2 on
 bad input (a missing file, a malformed annotation file in ``stats``/``clean``/``split``): one line on stderr,
 ``facegpt-data <command>: <what, where, fix>``.
@@ -119,6 +120,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from minigpt4.tools.data_shards import PackOptions, pack, parse_size, render
+
+    opts = PackOptions(out=Path(args.out), shard_size=parse_size(args.shard_size), sections=args.sections or (),
+                       require_image_token=args.require_image_token, one_per_image=args.one_per_image,
+                       prompt_sections=tuple(args.prompt_sections))
+    start = time.perf_counter()
+    manifest = pack(_inputs(args), opts)
+    print(render(manifest, opts.out))
+    print(f"done in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegpt-data", description="FaceGPT data tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="image side in pixels")
     p.add_argument("--face-fraction", type=float, default=0.8, help="share of images that show a face")
     p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("shards", help="pack the face data into webdataset tar shards + manifest.json (resumable)")
+    _add_inputs(p)
+    p.add_argument("--out", required=True, help="folder of the shards (shard-000000.tar ...) and manifest.json")
+    p.add_argument("--shard-size", default="1GB", help="size a shard closes at (1GB, 500MB, 64KiB, bytes); default 1GB")
+    p.add_argument("--sections", nargs="*", help="FaceGPT4Vision sections to pack (default: all); ShareGPT lists "
+                   "are always packed whole")
+    p.add_argument("--require-image-token", action="store_true", help="a record without <image> is malformed")
+    p.add_argument("--one-per-image", action="store_true", help="keep the first record of each image "
+                   "(the builders' duplicate_images: one_per_image)")
+    p.add_argument("--prompt-sections", nargs="*", default=["Pre-Prompt"], help="sections that are not samples")
+    p.set_defaults(func=cmd_shards)
     p = sub.add_parser("render", help="one training sample as the model sees it (image slots, trained spans)")
     from minigpt4.tools.data_render import add_arguments
 

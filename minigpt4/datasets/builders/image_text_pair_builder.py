@@ -5,6 +5,10 @@ other layouts) → apply ``on_error`` → image paths checked against the image 
 train time; an error with ``strict_images``) → ``duplicate_images`` policy (with ``keep_all``, exact duplicate
 records are counted and logged per file) → optional split by image → datasets. The names of the team's earlier
 fork (``sharegpt_detail``, ``gpt4visionface_detail``) are aliases.
+
+With ``build_info.shards`` the train split streams from webdataset shards (:mod:`minigpt4.datasets.shards`) and
+nothing is read at build time but the manifest; options that need every record in memory (``split``,
+``section_weights``, ``duplicate_images: one_per_image``) are applied when packing, or refused with the fix.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import abc
 import os
 from typing import Any, Dict, List
+
+from omegaconf import OmegaConf
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
@@ -32,7 +38,8 @@ from minigpt4.datasets.records import (
     log_exact_duplicates,
     normalise_section,
 )
-from minigpt4.datasets.schemas import CCSBUAlignConfig, FaceGPT4VisionConfig, ShareGPTFaceConfig
+from minigpt4.datasets.schemas import CCSBUAlignConfig, FaceGPT4VisionConfig, FieldMap, ShareGPTFaceConfig
+from minigpt4.datasets.shards import ShardDataset, ShardSet, open_shard_set
 from minigpt4.datasets.splits import apply_section_weights, split_by_image
 
 logger = get_logger(__name__)
@@ -68,6 +75,11 @@ class ConversationBuilder(BaseDatasetBuilder):
 
     def build(self) -> Dict[str, Any]:
         self.build_processors()
+        if self.config.build_info.get("shards"):
+            return self.build_from_shards()
+        if self.config.build_info.get("val_shards"):
+            raise DatasetConfigError(f"datasets.{self.NAME}.build_info.val_shards is set without build_info.shards; "
+                                     "set both (validation from shards goes with training from shards)")
         cfg = self.config
         vis_root = _existing_dir(cfg.build_info.image_path, f"datasets.{self.NAME}.build_info.image_path")
         records = self.read_records()
@@ -95,6 +107,74 @@ class ConversationBuilder(BaseDatasetBuilder):
                 max_turns=cfg.max_turns, strict_images=cfg.strict_images, name=self.NAME,
             )
         return out
+
+
+    # ------------------------------------------------------------------------------------- shards
+    def build_from_shards(self) -> Dict[str, Any]:
+        """``train`` streams from ``build_info.shards``; ``val`` from ``build_info.val_shards`` when set."""
+        key = f"datasets.{self.NAME}.build_info"
+        train = open_shard_set(self.config.build_info.shards, f"{key}.shards")
+        self.check_shard_options(train.manifest, f"{key}.shards")
+        logger.info("%s: %d record(s) in %d shard(s) from %s (build_info.ann_path and image_path are not read)",
+                    self.NAME, train.total, len(train.paths), os.path.dirname(train.paths[0]))
+        out = {"train": self._shard_dataset(train, "train", shuffle=True, pad=True)}
+        if self.config.build_info.get("val_shards"):
+            val = open_shard_set(self.config.build_info.val_shards, f"{key}.val_shards")
+            self.check_shard_options(val.manifest, f"{key}.val_shards")
+            out["val"] = self._shard_dataset(val, "eval", shuffle=False, pad=False)
+        return out
+
+    def _shard_dataset(self, shard_set: ShardSet, proc: str, *, shuffle: bool, pad: bool) -> ShardDataset:
+        if self.vis_processors.get(proc) is None:
+            raise DatasetConfigError(f"datasets.{self.NAME}.vis_processor.{proc} is not set; name an image "
+                                     "processor, e.g. {name: blip2_image_train, image_size: 448}")
+        return ShardDataset(shard_set, self.vis_processors[proc], self.text_processors.get(proc), name=self.NAME,
+                            max_turns=self.config.max_turns, strict_images=bool(self.config.strict_images),
+                            shuffle=shuffle, shuffle_buffer=int(self.config.shuffle_buffer), pad=pad)
+
+    def check_shard_options(self, manifest: Dict[str, Any], where: str) -> None:
+        """Options applied when packing must match the shards; what was left out follows ``on_error``."""
+        cfg, name = self.config, f"datasets.{self.NAME}"
+        packed = manifest.get("options", {})
+        wrong = []
+        if cfg.split.val_fraction > 0:
+            wrong.append(f"{name}.split.val_fraction needs every record in memory: split the annotation files with "
+                         "`facegpt-data split`, pack the train and val files into two shard sets and set "
+                         "build_info.shards and build_info.val_shards (and split.val_fraction=0)")
+        if cfg.duplicate_images == "one_per_image" and not packed.get("one_per_image"):
+            wrong.append(f"{name}.duplicate_images=one_per_image: re-pack with `facegpt-data shards --one-per-image`")
+        if cfg.require_image_token and not packed.get("require_image_token"):
+            wrong.append(f"{name}.require_image_token: re-pack with `facegpt-data shards --require-image-token`")
+        if OmegaConf.to_container(cfg.field_map) != OmegaConf.to_container(OmegaConf.structured(FieldMap)):
+            wrong.append(f"{name}.field_map: shards are packed from LLaVA-layout records; convert the files first")
+        wrong += self.shard_section_problems(manifest)
+        if wrong:
+            raise DatasetConfigError(f"{where}: " + "; ".join(wrong))
+        self._shard_skips(manifest, where)
+
+    def shard_section_problems(self, manifest: Dict[str, Any]) -> List[str]:
+        """Hook: section options that the shards cannot honour (none here)."""
+        return []
+
+    def _shard_skips(self, manifest: Dict[str, Any], where: str) -> None:
+        skipped = manifest.get("skipped", {})
+        first = manifest.get("examples", {})
+        malformed = int(skipped.get("malformed", 0))
+        if malformed and self.config.on_error == "error":
+            raise DatasetConfigError(f"{where}: {malformed} malformed record(s) were left out when packing (first: "
+                                     f"{first.get('malformed', ['?'])[0]}). Fix: repair the records and re-pack, or "
+                                     f"set datasets.{self.NAME}.on_error=skip to train on the rest")
+        if malformed:
+            logger.warning("%s: %d malformed record(s) were left out when packing (on_error: skip). First: %s",
+                           self.NAME, malformed, first.get("malformed", ["?"])[0])
+        outside = int(skipped.get("outside_root", 0))
+        if outside and self.config.strict_images:
+            raise DatasetConfigError(f"{where}: {outside} record(s) name an image outside the image root (strict_images "
+                                     f"is on), first: {first.get('outside_root', ['?'])[0]}. Fix: make image paths "
+                                     "relative to the image root and re-pack, or set strict_images: false")
+        if outside:
+            logger.warning("%s: %d record(s) name an image outside the image root; they are skipped and counted like "
+                           "missing images", self.NAME, outside)
 
 
 @registry.register_builder("sharegpt_face", aliases=("sharegpt_detail",))
@@ -144,6 +224,20 @@ class FaceGPT4VisionBuilder(ConversationBuilder):
     def weight_train(self, records: List[Record]) -> List[Record]:
         weights = {normalise_section(k): float(v) for k, v in self.config.section_weights.items()}
         return apply_section_weights(records, weights, self.config.split.seed) if weights else records
+
+    def shard_section_problems(self, manifest: Dict[str, Any]) -> List[str]:
+        """``sections`` must name exactly the packed sections; ``section_weights`` need the records in memory."""
+        name, problems = f"datasets.{self.NAME}", []
+        packed = sorted(s for s in manifest.get("sections", {}) if s)
+        wanted = sorted({normalise_section(s) for s in self.config.sections})
+        if wanted and wanted != packed:
+            problems.append(f"{name}.sections={wanted} but the shards hold {packed}: re-pack with "
+                            f"`facegpt-data shards --sections {' '.join(repr(w) for w in wanted)}`")
+        if self.config.section_weights:
+            problems.append(f"{name}.section_weights repeat records and need them in memory: with shards, pack the "
+                            "sections into separate shard sets (one dataset entry each) and weight them with "
+                            "sample_ratio")
+        return problems
 
 
 @registry.register_builder("cc_sbu_align")

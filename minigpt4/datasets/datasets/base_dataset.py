@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -116,6 +116,41 @@ def instruction(question: str) -> str:
     return f"{IMAGE_PROMPT} {question} "
 
 
+def prepare_record(rec: Record, max_turns: Optional[int], text_processor: Any) -> Tuple[Record, int]:
+    """``max_turns`` cut, then the text processor on every question; returns ``(record, questions cut)``.
+
+    The one text pipeline of a record, shared by the JSON datasets (at construction) and the shard datasets
+    (per sample, as it is read)."""
+    if max_turns is not None:
+        rec = rec._replace(questions=rec.questions[:max_turns], answers=rec.answers[:max_turns])
+    if text_processor is None:
+        return rec, 0
+    before = getattr(text_processor, "truncated", 0)
+    questions = tuple(text_processor(q) for q in rec.questions)
+    return rec._replace(questions=questions), getattr(text_processor, "truncated", 0) - before
+
+
+def conversation_item(rec: Record, image: torch.Tensor) -> Dict[str, Any]:
+    """The dataset item of a prepared record (without ``skipped``): single-turn ``instruction_input``/``answer``,
+    multi-turn ``conv_q``/``conv_a``; plus ``image_id`` and ``section``."""
+    item: Dict[str, Any] = {"image": image}
+    if len(rec.questions) == 1:
+        item["instruction_input"] = instruction(rec.questions[0])
+        item["answer"] = rec.answers[0]
+    else:
+        item["conv_q"] = [instruction(rec.questions[0])] + [f"{q} " for q in rec.questions[1:]]
+        item["conv_a"] = list(rec.answers)
+    item["image_id"] = rec.image_id
+    item["section"] = rec.section
+    return item
+
+
+def check_max_turns(max_turns: Optional[int], name: str) -> None:
+    """``max_turns`` must be null or >= 1."""
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"{name}: max_turns must be >= 1 or null, got {max_turns}")
+
+
 class ConversationDataset(BaseDataset):
     """Items from parsed records: single-turn → ``instruction_input``/``answer``; multi-turn → ``conv_q``/``conv_a``.
 
@@ -127,8 +162,7 @@ class ConversationDataset(BaseDataset):
                  max_turns: Optional[int] = None, strict_images: bool = False, name: str = "") -> None:
         super().__init__(vis_processor, text_processor, vis_root, (), strict_images)
         self.name = name or self.name
-        if max_turns is not None and max_turns < 1:
-            raise ValueError(f"{self.name}: max_turns must be >= 1 or null, got {max_turns}")
+        check_max_turns(max_turns, self.name)
         self.truncated = 0
         self.annotation = [self._prepare(r, max_turns) for r in records]
         if self.truncated:
@@ -136,14 +170,9 @@ class ConversationDataset(BaseDataset):
                            self.truncated, sum(len(r.questions) for r in self.annotation))
 
     def _prepare(self, rec: Record, max_turns: Optional[int]) -> Record:
-        if max_turns is not None:
-            rec = rec._replace(questions=rec.questions[:max_turns], answers=rec.answers[:max_turns])
-        if self.text_processor is None:
-            return rec
-        before = getattr(self.text_processor, "truncated", 0)
-        questions = tuple(self.text_processor(q) for q in rec.questions)
-        self.truncated += getattr(self.text_processor, "truncated", 0) - before
-        return rec._replace(questions=questions)
+        rec, cut = prepare_record(rec, max_turns, self.text_processor)
+        self.truncated += cut
+        return rec
 
     def image_rel(self, index: int) -> str:
         return self.annotation[index].image
@@ -152,17 +181,7 @@ class ConversationDataset(BaseDataset):
         return where(self.annotation[index])
 
     def make_item(self, index: int, image: torch.Tensor) -> Dict[str, Any]:
-        rec: Record = self.annotation[index]
-        item: Dict[str, Any] = {"image": image}
-        if len(rec.questions) == 1:
-            item["instruction_input"] = instruction(rec.questions[0])
-            item["answer"] = rec.answers[0]
-        else:
-            item["conv_q"] = [instruction(rec.questions[0])] + [f"{q} " for q in rec.questions[1:]]
-            item["conv_a"] = list(rec.answers)
-        item["image_id"] = rec.image_id
-        item["section"] = rec.section
-        return item
+        return conversation_item(self.annotation[index], image)
 
     def section_counts(self) -> Dict[str, int]:
         """Records per section (``""`` for unsectioned data)."""
