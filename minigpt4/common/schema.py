@@ -133,6 +133,7 @@ class ModelConfig:
     )  # FaceGPT
     device_8bit: int = 0
     use_grad_checkpoint_llm: bool = False
+    freeze_llm: bool = True  # FaceGPT: False = full fine-tune of the LLM (every weight trains; LoRA optional)
     pad_token: Optional[str] = None  # FaceGPT: null = "$$" for LLaMA vocabularies, else tokenizer pad/eos
     prompt_format: str = choice_field(
         "upstream", ["upstream", "tokenizer_chat_template"], help="how instructions are wrapped"
@@ -261,6 +262,11 @@ class RunConfig:
     val_every_iters: int = 0  # validation loss every N iterations (needs valid_splits); 0 = at epoch ends only
     val_max_batches: Optional[int] = None  # cap on validation batches per dataset and rank; null = whole split
     find_unused_parameters: bool = True  # DDP option (upstream passed True)
+    strategy: str = choice_field(
+        "ddp", ["ddp", "fsdp"],
+        help="how torchrun processes share the model: ddp = a full replica per process (gradients all-reduced); "
+        "fsdp = PyTorch FSDP2, parameters, gradients and optimizer state sharded per LLM decoder layer",
+    )  # FaceGPT (minigpt4/runners/fsdp.py)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (bit-exact resume; slower)
     progress_bar: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True  # write TensorBoard scalars when the tensorboard package is installed

@@ -4,7 +4,8 @@
 (:mod:`minigpt4.models.connectors`) and the prompt format (:mod:`minigpt4.prompting`) are put together by
 :class:`~minigpt4.models.minigpt_base.MiniGPTBase`; :func:`set_trainability` then freezes what the config says:
 
-* ``llama_model``: frozen, except LoRA tensors (``lora_r > 0``);
+* ``llama_model``: frozen, except LoRA tensors (``lora_r > 0``); every weight trains with ``freeze_llm: False``
+  (full fine-tune, e.g. under ``run.strategy: fsdp``);
 * ``visual_encoder`` + ``ln_vision``: frozen when ``freeze_vit`` (they stay in eval mode under ``model.train()``);
 * ``Qformer`` + ``query_tokens``: frozen when ``freeze_qformer``;
 * ``llama_proj``: always trained.
@@ -95,8 +96,15 @@ def load_prompt_list(cfg: Any, prompt_format: PromptFormat) -> List[str]:
 
 def set_trainability(model: nn.Module, cfg: Any) -> None:
     """Freeze what the config says (see the module docstring); everything else trains."""
+    full = not cfg.get("freeze_llm", True)
+    if full and (cfg.get("llm_quantization", "none") != "none" or cfg.get("low_resource", False)):
+        raise ModelConfigError("model.freeze_llm=False (full fine-tune) with a quantized LLM (model.llm_quantization "
+                               "/ low_resource): quantized weights cannot train; use LoRA (model.lora_r) or "
+                               "model.llm_quantization=none")
     for name, param in model.llama_model.named_parameters():
-        param.requires_grad = "lora_" in name
+        param.requires_grad = full or "lora_" in name
+    if full:
+        logger.info("LLM fully trainable (model.freeze_llm=False)")
     if cfg.freeze_vit:
         freeze_module(model.visual_encoder)
         freeze_module(model.ln_vision)

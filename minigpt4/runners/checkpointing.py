@@ -59,9 +59,21 @@ class ResumeError(ValueError):
     """``run.resume_ckpt_path`` names nothing resumable; the message says what was found and the fix."""
 
 
-def save_weights(model: nn.Module, path: Path, extra: Dict[str, Any]) -> None:
-    """Write ``{"model": trainable weights (upstream names), **extra}`` with the one atomic writer."""
-    save_model_checkpoint(model, path, extra)
+def save_weights(model: nn.Module, path: Path, extra: Dict[str, Any],
+                 weights: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Write ``{"model": trainable weights (upstream names), **extra}`` with the one atomic writer.
+
+    ``weights``: the trainable weights already gathered under upstream's names (FSDP: each rank holds only a shard
+    of ``model``, :func:`minigpt4.runners.fsdp.gather_trainable_weights` assembles them on rank 0); None = read them
+    from ``model``.
+    """
+    if weights is None:
+        save_model_checkpoint(model, path, extra)
+        return
+    if "model" in extra:
+        raise ValueError("save_weights: 'model' in extra would overwrite the weights")
+    atomic_torch_save({"model": weights, **extra}, path)
+    logger.info("saved %d trainable tensors to %s", len(weights), path)
 
 
 def load_weights(model: nn.Module, path: Path, key: str = RESUME_KEY) -> None:
@@ -143,12 +155,14 @@ class CheckpointManager:
         self.keep_last_k = int(keep_last_k)
 
     def save(self, model: nn.Module, trainer_state: Dict[str, Any], *, epoch: int, iters: Optional[int],
-             global_step: int, extra: Dict[str, Any]) -> Dict[str, Any]:
-        """Write weights, then trainer state, then the pointer; then prune. Returns the pointer's content."""
+             global_step: int, extra: Dict[str, Any],
+             weights: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, Any]:
+        """Write weights, then trainer state, then the pointer; then prune. Returns the pointer's content.
+        ``weights``: already gathered trainable weights (see :func:`save_weights`)."""
         names = pair_names(epoch, iters)
         started = time.time()
         save_weights(model, self.run_dir / names["weights"], {"epoch": epoch, "iters": iters,
-                                                              "global_step": global_step, **extra})
+                                                              "global_step": global_step, **extra}, weights)
         atomic_torch_save(trainer_state, self.run_dir / names["trainer_state"])
         previous = read_latest(self.run_dir)
         history = [h for h in (previous or {}).get("history", []) if h["weights"] != names["weights"]]
@@ -172,10 +186,10 @@ class CheckpointManager:
                 path.unlink(missing_ok=True)
 
     def save_best(self, model: nn.Module, *, val_loss: float, epoch: int, iters: Optional[int], global_step: int,
-                  extra: Dict[str, Any]) -> None:
+                  extra: Dict[str, Any], weights: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Weights of the lowest validation loss so far, as ``checkpoint_best.pth`` (+ a small JSON)."""
         save_weights(model, self.run_dir / BEST, {"epoch": epoch, "iters": iters, "global_step": global_step,
-                                                  "val_loss": val_loss, **extra})
+                                                  "val_loss": val_loss, **extra}, weights)
         atomic_write_json({"val_loss": val_loss, "epoch": epoch, "iters": iters, "global_step": global_step},
                           self.run_dir / BEST_INFO)
 

@@ -1,4 +1,4 @@
-"""``runner_base``: DDP, loaders, optimizer, epochs, validation, checkpoints, resume, what a researcher watches.
+"""``runner_base``: DDP or FSDP, loaders, optimizer, epochs, validation, checkpoints, resume, what a researcher watches.
 
 Upstream's constructor ``RunnerBase(cfg, task, model, datasets, job_id)`` and ``train()`` are kept. A run writes
 into ``<output_dir>/<job_name>/<run_id>/`` (a relative ``output_dir`` is resolved against the current working
@@ -9,10 +9,15 @@ directory — upstream put it inside the installed package folder):
   (see :mod:`minigpt4.runners.checkpointing`), ``checkpoint_best.pth`` (lowest validation loss);
 * ``metrics.jsonl`` (one JSON line per logged step / validation), ``loss_curve.png``, ``tensorboard/``;
 * ``summary.json`` — the end-of-run report (also logged).
+
+``run.strategy`` chooses how torchrun's processes share the model: ``ddp`` (a replica per process) or ``fsdp``
+(PyTorch FSDP2, :mod:`minigpt4.runners.fsdp`). Checkpoints and trainer states have the same form under both: FSDP
+gathers the trainable weights and the optimizer state on rank 0 before writing, and shards them again on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -31,6 +36,7 @@ from minigpt4.common.optims import build_lr_scheduler, build_optimizer
 from minigpt4.common.precision import PrecisionPolicy, policy_from_run_config
 from minigpt4.common.registry import registry
 from minigpt4.common.checkpoint_io import read_weights
+from minigpt4.runners import fsdp
 from minigpt4.runners.checkpointing import (BEST, LATEST, RESUME_KEY, CheckpointManager, ResumeTarget,
                                             atomic_write_json, capture_rng, load_weights, resolve_resume, restore_rng)
 from minigpt4.runners.loaders import (MixingLoader, ResumableLoader, batch_collater, mix_seed, move_to_device,
@@ -59,8 +65,13 @@ class RunnerBase:
         self.policy: PrecisionPolicy = policy_from_run_config(self.run_cfg, self.device)
         self.precision = self.policy.name
         check_run_settings(self.run_cfg)
+        self.sharded = str(self.run_cfg.strategy) == "fsdp" and self.use_distributed
+        if str(self.run_cfg.strategy) == "fsdp" and not self.use_distributed:
+            logger.warning("run.strategy=fsdp in ONE process: nothing to shard, training unsharded. Start it with "
+                           "`torchrun --nproc_per_node N train.py ...` to shard the model over N processes.")
         self.unwrapped_model = self._prepare_model(model)
-        self.model = self._wrap(self.unwrapped_model)
+        # FSDP shards in _setup, after resume weights are loaded into the full model (DDP wraps now, as before)
+        self.model = self.unwrapped_model if self.sharded else self._wrap(self.unwrapped_model)
         self.counters = LoopCounters()
         self.best_val_loss = math.inf
         self.last_val_loss: Optional[float] = None
@@ -100,14 +111,19 @@ class RunnerBase:
         self.iters_per_epoch = int(self.run_cfg.iters_per_epoch or self.train_loader.batches_per_pass())
         if self.iters_per_epoch < 1:
             raise RunConfigError("run.iters_per_epoch is not set and the train datasets have no length; set it")
+        if target is not None:
+            self._restore_weights(target)
+        if self.sharded:  # the optimizer must see the sharded parameters
+            self.model = fsdp.shard_model(self.unwrapped_model, self.policy, self.device, self.world_size)
         self.optimizer = build_optimizer(self.unwrapped_model, self.run_cfg)
         self.lr_scheduler = build_lr_scheduler(self.run_cfg, self.optimizer, self.iters_per_epoch)
-        self.scaler = self.policy.grad_scaler()
+        self.scaler = fsdp.grad_scaler(self.policy) if self.sharded else self.policy.grad_scaler()
         if target is not None:
-            self._restore(target)
+            self._restore_state(target)
         self._open_sinks()
-        logger.info("run folder %s | %d process(es) on %s | precision: %s | %d epochs x %d iterations | "
-                    "accum_grad_iters %d", self.run_dir, self.world_size, self.device, self.policy,
+        logger.info("run folder %s | %d process(es) on %s, %s | precision: %s | %d epochs x %d iterations | "
+                    "accum_grad_iters %d", self.run_dir, self.world_size, self.device,
+                    "FSDP2" if self.sharded else "DDP" if self.use_distributed else "no DDP/FSDP", self.policy,
                     self.run_cfg.max_epoch, self.iters_per_epoch, self.run_cfg.accum_grad_iters)
 
     def _choose_run_dir(self) -> Tuple[Optional[ResumeTarget], Path]:
@@ -213,11 +229,13 @@ class RunnerBase:
     def _trainer_state(self, next_epoch: int, next_step: int) -> Dict[str, Any]:
         """Everything but the weights; gathers every rank's RNG states and counters (a collective)."""
         per_rank = du.all_gather_object({"rng": capture_rng(), "counters": self.counters.as_dict()})
+        optimizer = fsdp.full_optimizer_state(self.model, self.optimizer) if self.sharded \
+            else self.optimizer.state_dict()
         return {
             "format": TRAINER_STATE_FORMAT, "next_epoch": next_epoch, "next_step": next_step,
             "global_step": self.global_step, "iters_per_epoch": self.iters_per_epoch,
             "max_epoch": int(self.run_cfg.max_epoch), "world_size": self.world_size,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "lr_scheduler": self.lr_scheduler.state_dict(), "data": self.train_loader.state(),
             "best_val_loss": self.best_val_loss, "per_rank": per_rank,
@@ -228,15 +246,25 @@ class RunnerBase:
         """Checkpoint after ``iters`` iterations of ``epoch`` (``None`` = end of the epoch). All ranks call it."""
         next_epoch, next_step = (epoch + 1, 0) if iters is None else (epoch, iters)
         state = self._trainer_state(next_epoch, next_step)
+        weights = self._gathered_weights()
         if self.is_main:
             extra = {"config": self.config.to_dict()}
             self.ckpt.save(self.unwrapped_model, state, epoch=epoch, iters=iters, global_step=self.global_step,
-                           extra=extra)
+                           extra=extra, weights=weights)
         du.barrier()
 
-    def _restore(self, target: ResumeTarget) -> None:
+    def _gathered_weights(self) -> Optional[Dict[str, torch.Tensor]]:
+        """FSDP: the full trainable weights on rank 0 (a collective: all ranks call it); DDP: None (rank 0's
+        replica is complete and is read directly)."""
+        return fsdp.gather_trainable_weights(self.model) if self.sharded else None
+
+    def _restore_weights(self, target: ResumeTarget) -> None:
+        """Every rank loads the checkpoint's weights into its full model (before FSDP shards it)."""
         load_weights(self.unwrapped_model, target.weights)
         self.resumed_from = str(target.weights)
+
+    def _restore_state(self, target: ResumeTarget) -> None:
+        """Optimizer, scaler, schedule, data position, counters and RNG of ``target`` (its weights are loaded)."""
         if target.trainer_state is None:
             ckpt = read_weights(target.weights, "a checkpoint {'model': {...}}", RESUME_KEY, mmap=True)
             epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
@@ -247,7 +275,10 @@ class RunnerBase:
             return
         state = read_weights(target.trainer_state, "a trainer state", RESUME_KEY)
         self._check_resumable(state, target)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            fsdp.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"], self.rank)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -374,8 +405,11 @@ class RunnerBase:
         """Validation loss over every validation loader (all ranks); keeps ``checkpoint_best.pth``."""
         if not self.val_loaders:
             return None
-        parts = self.task.validation_loss(self.unwrapped_model, self.val_loaders, self.device, self.policy,
-                                          lambda s: move_to_device(s, self.device), self.run_cfg.val_max_batches)
+        # FSDP: the whole model gathered once, so ranks with more validation batches than others need no peer
+        with fsdp.unsharded(self.model) if self.sharded else contextlib.nullcontext():
+            parts = self.task.validation_loss(self.unwrapped_model, self.val_loaders, self.device, self.policy,
+                                              lambda s: move_to_device(s, self.device),
+                                              self.run_cfg.val_max_batches)
         names = list(parts)
         sums = torch.tensor([[parts[n][0], parts[n][1]] for n in names], dtype=torch.float64, device=self.device)
         sums = du.all_reduce_tensor(sums, "sum")  # (datasets, 2): loss x samples, samples
@@ -388,11 +422,14 @@ class RunnerBase:
         improved = math.isfinite(val_loss) and val_loss < self.best_val_loss
         record["best"] = improved
         self.last_val_loss = val_loss
-        if improved:
+        if improved:  # the same decision on every rank (val_loss is all-reduced)
             self.best_val_loss = val_loss
-            if self.is_main and not self.run_cfg.evaluate:
-                self.ckpt.save_best(self.unwrapped_model, val_loss=val_loss, epoch=epoch, iters=step,
-                                    global_step=self.global_step, extra={"config": self.config.to_dict()})
+            if not self.run_cfg.evaluate:
+                weights = self._gathered_weights()
+                if self.is_main:
+                    self.ckpt.save_best(self.unwrapped_model, val_loss=val_loss, epoch=epoch, iters=step,
+                                        global_step=self.global_step, extra={"config": self.config.to_dict()},
+                                        weights=weights)
         self.metrics.log(record)
         logger.info("validation at epoch %d iter %d: loss %.4f over %d samples%s", epoch + 1, step, val_loss,
                     int(count), " (best so far)" if improved else "")
@@ -444,8 +481,9 @@ class RunnerBase:
         return merged or None
 
     def _rank_sync(self) -> Tuple[Optional[bool], Optional[float]]:
-        """Under DDP: are the trainable weights identical on every rank? (max |difference| to rank 0)."""
-        if not self.use_distributed:
+        """Under DDP: are the trainable weights identical on every rank? (max |difference| to rank 0). None when
+        not distributed, and under FSDP (each rank holds a different shard by design)."""
+        if not self.use_distributed or self.sharded:
             return None, None
         params: List[torch.Tensor] = [p.detach().float().reshape(-1) for p in self.unwrapped_model.parameters()
                                       if p.requires_grad]
