@@ -195,3 +195,17 @@ def test_other_stopping_criteria_are_refused(v2_state: Dict[str, Any]) -> None:
     with pytest.raises(TypeError, match="only StoppingCriteriaSub is understood, not MaxLengthCriteria"):
         Chat(v2_state["model"], v2_state["vis_processor"], device="cpu",
              stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(10)]))
+
+
+def test_precision_follows_the_llm_storage() -> None:
+    from minigpt4.conversation.upstream_compat import precision_for
+
+    class Stored(torch.nn.Module):
+        def __init__(self, dtype: torch.dtype) -> None:
+            super().__init__()
+            self.llama_model = torch.nn.Linear(2, 2).to(dtype)
+
+    cpu = torch.device("cpu")
+    assert precision_for(Stored(torch.float32), cpu).name == "fp32"
+    assert precision_for(Stored(torch.bfloat16), cpu).name == "bf16"  # half storage computes in its dtype
+    assert precision_for(Stored(torch.float16), torch.device("cuda")).name == "fp16"
