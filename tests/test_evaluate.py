@@ -91,3 +91,25 @@ def test_candidate_losses_run_under_the_precision_policy_given(tiny_v2: Any) -> 
     finally:
         hook.remove()
     assert seen == [False, True]  # fp32 by default; the policy's autocast when given (the model opens none)
+
+
+def test_rank_mode_of_the_command_line_keeps_the_loss_ranking_table(tiny_llama_dir: Path, synth_data_root: Path,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from minigpt4.tools import evaluate
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    eva = write_tiny_eva(tmp_path / "eva_vit_g.pth")
+    cfg = Path(__file__).resolve().parents[1] / "train_configs" / "tiny_minigpt_v2.yaml"
+    status = evaluate.main(["--cfg-path", str(cfg), "--options", f"model.llama_model={tiny_llama_dir}",
+                            f"model.vit_ckpt={eva}", "--mode", "rank", "--max-per-section", "1", "--device", "cpu",
+                            "--json", str(tmp_path / "rank.json")])
+    assert status == 0
+    report = json.loads((tmp_path / "rank.json").read_text())
+    names = {r["section"].strip() for r in report["sections"]}
+    assert {"Human or not", "Fitzpatrick"} <= names and all(r["n"] == 1 for r in report["sections"])
+    assert "Facial Characteristics Long" in report["skipped"]  # free text: not ranked
+    assert "question type" in capsys.readouterr().out
