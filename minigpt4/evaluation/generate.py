@@ -1,9 +1,9 @@
 """Batched answers for the evaluation, appended to ``predictions.jsonl`` as each batch finishes (resumable).
 
 One line per (checkpoint, sample): ``{"checkpoint", "id", "section", "image", "question", "reference",
-"answer", "tokens"}``. A run started again with ``--resume`` reads the lines already there (a line cut by a kill is ignored
-and answered again) and generates only the samples not yet answered for that checkpoint; greedy answers do not
-depend on the batch they were in, so the resumed file equals one uninterrupted run.
+"answer", "tokens"}``. A run started again with ``--resume`` reads the lines already there (a line cut by a kill
+is ignored and answered again) and generates only the samples not yet answered for that checkpoint; greedy answers
+do not depend on the batch they were in, so the resumed file equals one uninterrupted run.
 """
 
 from __future__ import annotations

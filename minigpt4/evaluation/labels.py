@@ -62,12 +62,12 @@ def section_key(name: str) -> str:
     return " ".join(str(name).split()).lower()
 
 
-def _phrase_pattern(phrase: str) -> Tuple[re.Pattern, bool]:
-    """The regex of one phrase (whole words, flexible spaces) and whether it is anchored at the start."""
+def _phrase_pattern(phrase: str) -> re.Pattern:
+    """The regex of one phrase: whole words, any white space between them, ``^`` = at the start of the answer."""
     anchored = phrase.startswith("^")
     words = normalise(phrase.lstrip("^")).split()
     body = r"\s+".join(re.escape(w) for w in words)
-    return re.compile((r"^[\s\"'(]*" if anchored else r"(?<![\w-])") + f"({body})" + r"(?![\w-])"), anchored
+    return re.compile((r"^[\s\"'(]*" if anchored else r"(?<![\w-])") + f"({body})" + r"(?![\w-])")
 
 
 @dataclass
@@ -90,7 +90,7 @@ class LabelMap:
     _negations: frozenset = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
-        self._patterns = [(label, _phrase_pattern(p)[0]) for label, phrases in self.labels.items() for p in phrases]
+        self._patterns = [(label, _phrase_pattern(p)) for label, phrases in self.labels.items() for p in phrases]
         self._negations = frozenset(normalise(w) for w in (*NEGATIONS, *self.negations))
 
     @property
@@ -119,7 +119,7 @@ class LabelMap:
         clause = re.split(r"[.,;:!?()\"\u2014]", before)[-1]  # punctuation ends a negation's reach
         words = _WORD.findall(clause)
         for gap, word in enumerate(reversed(words)):
-            if word in self._negations or word.endswith("n't") and word not in ("can't",):
+            if word in self._negations or word.endswith("n't") and word not in ("can't", "couldn't"):
                 return True
             if gap >= NEGATION_REACH or word in CONJUNCTIONS:
                 return False

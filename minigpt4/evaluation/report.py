@@ -167,7 +167,7 @@ def section_table(entry: Dict[str, Any], names: Sequence[str]) -> List[str]:
         rows.append([name, str(entry["n"]), *[_fmt(c, scores[c]) for c in columns],
                      *[_fmt(c, entry.get(c)) for c in extra]])
     for label, diff in entry.get("difference", {}).items():
-        rows.append([label.replace(" - ", " − "), "", *[_fmt_diff(c, diff[c]) for c in columns], *["" for _ in extra]])
+        rows.append([label.replace(" - ", " − "), "", *[_fmt_diff(c, diff[c]) for c in columns], *[""] * len(extra)])
     return _table(header, rows)
 
 
