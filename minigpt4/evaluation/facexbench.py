@@ -53,7 +53,7 @@ REPORT_MD = "facexbench_report.md"
 FILE_KEYS = ("category", "sub-category", "num_images", "questions")
 QUESTION_KEYS = ("image_paths", "question_text", "options", "correct_answer_option")
 TOOLS_CATEGORY = "tools_use"
-#: the benchmark's categories and sub-categories in its own order (tables list unknown names after these)
+#: the benchmark's six categories and their sub-categories; tables list them in this order (other names follow)
 CATEGORY_ORDER = {
     "bias_fairness": ("age", "gender", "race"),
     "face_recognition": ("hr_fr", "lr_fr", "celebrity_identification"),
