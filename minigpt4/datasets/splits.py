@@ -1,9 +1,12 @@
 """Deterministic train/validation split by image, stratified by section, and per-section weights.
 
 An image's records always land on one side. With stratification every section contributes
-``round(val_fraction × its images)`` images to validation (an image in several sections counts for the first
-one it appears in). Which images go is decided by a seeded hash of the image path, so the split does not depend
-on record order and is the same on every machine and every rank.
+``round(val_fraction × its images)`` images to validation (an image in several sections counts for the rarest of
+them: the one with the fewest images, ties broken by name). Which images go is decided by a seeded hash of the
+image path, so the split does not depend on record order and is the same on every machine and every rank.
+
+The split is by path within one data set; :mod:`minigpt4.datasets.identity` then removes, across every data set of
+a run, the training records whose image has the bytes of a held-out image under any path.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import math
 import os
 import random
+from collections import Counter
 from typing import Callable, Dict, Iterable, List, Sequence, Set, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -30,12 +34,13 @@ def val_images(pairs: Iterable[Tuple[str, str]], val_fraction: float, seed: int,
     """Image keys (normalised paths) that go to validation, given ``(image, section)`` pairs."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"split.val_fraction must be in [0, 1), got {val_fraction}")
-    stratum: Dict[str, str] = {}
+    sections_of: Dict[str, Set[str]] = {}
     for image, section in pairs:
-        stratum.setdefault(image_key(image), section.strip() if stratify else "")
+        sections_of.setdefault(image_key(image), set()).add(section.strip() if stratify else "")
+    n_images = Counter(section for names in sections_of.values() for section in names)
     groups: Dict[str, List[str]] = {}
-    for image, group in stratum.items():
-        groups.setdefault(group, []).append(image)
+    for image, names in sections_of.items():  # the rarest section of an image is its stratum
+        groups.setdefault(min(names, key=lambda name: (n_images[name], name)), []).append(image)
     chosen: Set[str] = set()
     for group in sorted(groups):
         images = sorted(groups[group], key=lambda im: _rank(seed, im))

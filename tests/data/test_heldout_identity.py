@@ -68,8 +68,10 @@ def write_two_datasets(root: Path, reverse: bool = False) -> Dict[str, Path]:
         _bmp(share_img / f"bmp/s_{j}.bmp", 1000 + j)
         gpt_rel.append(f"bmp/g_{j}.bmp")
         share_rel.append(f"bmp/s_{j}.bmp")
+    # every image is in "Human or not", every other one in "Fitzpatrick" too (a stratum must not depend on order)
+    chosen = {"Fitzpatrick": gpt_rel[::2], "Human or not": gpt_rel}
     sections = {name: [{"id": f"{name[:3]}-{i}", "image": rel, "conversations": _turns(f"{name}?", f"answer {i}")}
-                       for i, rel in enumerate(gpt_rel)] for name in SECTIONS}
+                       for i, rel in enumerate(chosen[name])] for name in SECTIONS}
     # two records for every copied face: record counts and image counts differ
     records = [{"id": f"s{i}", "image": rel, "conversations": _turns("Describe the image.", f"caption {i}")}
                for i, rel in enumerate(share_rel + share_rel[::2])]
@@ -88,7 +90,7 @@ def write_two_datasets(root: Path, reverse: bool = False) -> Dict[str, Path]:
 def build_two(paths: Dict[str, Path]) -> Dict[str, Dict[str, Any]]:
     """Both builders, each with its own validation split, as a run builds them (before the cross-dataset step)."""
     gpt = {"build_info": {"image_path": str(paths["gpt_images"]), "ann_path": str(paths["gpt_ann"])},
-           "sections": SECTIONS, "split": {"val_fraction": 0.5, "seed": 0}, **tiny_processors()}
+           "sections": SECTIONS, "split": {"val_fraction": 0.5, "seed": 1}, **tiny_processors()}
     share = {"build_info": {"image_path": str(paths["share_images"]), "ann_path": str(paths["share_ann"])},
              "split": {"val_fraction": 0.25, "seed": 0}, **tiny_processors()}
     return {"facegpt4vision": registry.get_builder_class("facegpt4vision")(gpt).build_datasets(),
