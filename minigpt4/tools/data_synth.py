@@ -8,6 +8,7 @@ Written under ``--out``::
     ShareGPTData/Annotations/subset_objects_gpt4vision_100k.json           JSON list
     ShareGPTData/Annotations/subset_objects_share-captioner_coco_lcs_sam_1246k_1107.json
     metadata.json                                                          ground truth per image, counts, chance
+    label_maps/<section>.yaml                 one label map per closed-set section (``facegpt-eval --label-maps``)
 
 Answers depend only on what is drawn (:mod:`minigpt4.tools.synth_faces`), so a model that uses the image can
 learn them and one that ignores it stays at chance. The same ``--seed`` writes the same bytes.
@@ -21,7 +22,9 @@ import random
 from collections import Counter
 from typing import Any, Dict, List, Tuple
 
-from minigpt4.tools.synth_faces import ANSWERS, FACE_ATTRIBUTES, draw_face, random_attributes
+import yaml
+
+from minigpt4.tools.synth_faces import ANSWERS, FACE_ATTRIBUTES, LABEL_WORDS, draw_face, random_attributes
 
 SECTION_FILE = "GPT4VisionData/Annotations/gpt4VisionCalls_Cleaned_BySection.json"
 SHAREGPT_FILES = ("ShareGPTData/Annotations/subset_objects_gpt4vision_100k.json",
@@ -34,6 +37,10 @@ SECTION_ATTRIBUTE: Dict[str, Any] = {
     "Human or not": "is_face",
     "Fitzpatrick": "fitzpatrick",
     "Feature by Feature Description": None,
+    "Hair Color": "hair",
+    "Accessories": "accessory",
+    "Posture": "tilt",
+    "Clothing Pattern": "pattern",
 }
 QUESTIONS = {
     "Facial Expression due to contextual cues": ["What facial expression does the person show?",
@@ -43,7 +50,12 @@ QUESTIONS = {
                     "Classify the skin tone on the Fitzpatrick scale."],
     "Facial Characteristics Short ": ["Describe the face briefly."],
     "Facial Characteristics Long": ["Describe the facial characteristics of this person in detail."],
+    "Hair Color": ["What colour is the person's hair?", "Which hair colour does the person have?"],
+    "Accessories": ["Does the person wear glasses or earrings?", "Which accessories does the person wear?"],
+    "Posture": ["How is the head held?", "Is the head tilted?"],
+    "Clothing Pattern": ["What pattern does the shirt have?", "Describe the pattern of the clothing."],
 }
+LABEL_MAP_DIR = "label_maps"
 PRE_PROMPTS = [
     "You are an expert in facial analysis. Answer the question about the face in the image.",
     "Describe only what is visible in the image.",
@@ -55,18 +67,21 @@ MOUTHS = {"happy": "smiling mouth", "sad": "down-turned mouth", "surprised": "op
 
 
 def _short(a: Dict[str, str]) -> str:
-    return f"A {a['expression']} face with Fitzpatrick type {a['fitzpatrick']} skin."
+    return f"A {a['expression']} face with Fitzpatrick type {a['fitzpatrick']} skin and {a['hair']} hair."
 
 
 def _long(a: Dict[str, str]) -> str:
-    return (f"The image shows a human face with Fitzpatrick type {a['fitzpatrick']} skin. "
-            f"The person looks {a['expression']}, with a {MOUTHS[a['expression']]}.")
+    return (f"The image shows a human face with Fitzpatrick type {a['fitzpatrick']} skin and {a['hair']} hair. "
+            f"The person looks {a['expression']}, with a {MOUTHS[a['expression']]}. "
+            f"{ANSWERS['accessory'][a['accessory']]} {ANSWERS['tilt'][a['tilt']]} "
+            f"{ANSWERS['pattern'][a['pattern']]}")
 
 
 def _caption(a: Dict[str, str]) -> str:
     if a["is_face"] == "no":
         return "A simple drawing with shapes and no human face."
-    return f"A drawing of a person with Fitzpatrick type {a['fitzpatrick']} skin who looks {a['expression']}."
+    return (f"A drawing of a person with Fitzpatrick type {a['fitzpatrick']} skin and {a['hair']} hair who looks "
+            f"{a['expression']}.")
 
 
 def _turns(pairs: List[Tuple[str, str]], rng: random.Random) -> List[Dict[str, str]]:
@@ -91,6 +106,9 @@ def _section_records(i: int, rel: str, a: Dict[str, str], rng: random.Random) ->
     add("Facial Expression due to contextual cues",
         [(rng.choice(QUESTIONS["Facial Expression due to contextual cues"]), ANSWERS["expression"][a["expression"]])])
     add("Fitzpatrick", [(rng.choice(QUESTIONS["Fitzpatrick"]), ANSWERS["fitzpatrick"][a["fitzpatrick"]])])
+    for section in ("Hair Color", "Accessories", "Posture", "Clothing Pattern"):
+        attr = SECTION_ATTRIBUTE[section]
+        add(section, [(rng.choice(QUESTIONS[section]), ANSWERS[attr][a[attr]])])
     add("Facial Characteristics Short ", [(QUESTIONS["Facial Characteristics Short "][0], _short(a))])
     add("Facial Characteristics Long", [(QUESTIONS["Facial Characteristics Long"][0], _long(a))])
     add("Feature by Feature Description", [
@@ -152,7 +170,32 @@ def synthesize(out: str, n: int = 600, seed: int = 0, size: int = 224, face_frac
         _write_json(out, rel, data)
     meta = _metadata(n, seed, size, sections, lists, images)
     _write_json(out, "metadata.json", meta)
+    write_label_maps(os.path.join(out, LABEL_MAP_DIR))
     return meta
+
+
+def label_map_documents() -> Dict[str, Dict[str, Any]]:
+    """One label map (``facegpt-eval --label-maps`` YAML layout) per closed-set section, keyed by file stem."""
+    docs = {}
+    for section, attr in SECTION_ATTRIBUTE.items():
+        if attr is None:
+            continue
+        stem = "synth_" + section.strip().lower().replace(" ", "_")
+        docs[stem] = {"section": section.strip(), "labels": {label: list(words)
+                                                             for label, words in LABEL_WORDS[attr].items()}}
+    return docs
+
+
+def write_label_maps(folder: str) -> List[str]:
+    """Write :func:`label_map_documents` as ``folder/<stem>.yaml``; returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for stem, doc in label_map_documents().items():
+        path = os.path.join(folder, f"{stem}.yaml")
+        with open(path, "w", encoding="utf-8") as fp:
+            yaml.safe_dump(doc, fp, sort_keys=False, allow_unicode=True)
+        paths.append(path)
+    return paths
 
 
 def _metadata(n: int, seed: int, size: int, sections: Dict[str, List[Any]], lists: Tuple[List[Any], List[Any]],
@@ -168,10 +211,13 @@ def _metadata(n: int, seed: int, size: int, sections: Dict[str, List[Any]], list
         files[os.path.basename(rel)] = {"records": len(data), "unique_images": len({r["image"] for r in data}),
                                         "multi_turn": sum(len(r["conversations"]) > 2 for r in data)}
     shared = {r["image"] for r in lists[0]} & {r["image"] for r in lists[1]}
-    chance = {}
-    for attr in FACE_ATTRIBUTES:
-        values = Counter(im["attributes"][attr] for im in images if im["attributes"][attr])
-        chance[attr] = max(values.values()) / sum(values.values()) if values else 0.0
+    chance, majority, counts = {}, {}, {}
+    for attr, values in FACE_ATTRIBUTES.items():
+        drawn = Counter(im["attributes"][attr] for im in images if im["attributes"][attr])
+        chance[attr] = 1.0 / len(values)
+        majority[attr] = max(drawn.values()) / sum(drawn.values()) if drawn else 0.0
+        counts[attr] = {v: drawn.get(v, 0) for v in values}
     return {"generator": "minigpt4.tools.data_synth", "seed": seed, "n": n, "size": size, "files": files,
             "sharegpt_shared_images": len(shared), "section_attribute": SECTION_ATTRIBUTE, "answers": ANSWERS,
-            "chance": chance, "images": images}
+            "attributes": {k: list(v) for k, v in FACE_ATTRIBUTES.items()}, "counts": counts,
+            "chance": chance, "majority": majority, "label_maps": LABEL_MAP_DIR, "images": images}
