@@ -151,7 +151,7 @@ def summary_table(report: Dict[str, Any]) -> List[str]:
             cells += [_fmt_diff(key, e["difference"][f"{n} - {names[0]}"][key]) for n in names[1:]]
         else:  # nothing scored (e.g. no reference named a label): no numbers to show
             cells += ["—"] * (2 * len(names) - 1)
-        cells += [_fmt("chance", e.get("chance")), _fmt("majority", e.get("majority"))]
+        cells += [_fmt("chance", e.get("chance")), _fmt("majority", e.get("majority") if e["n"] else None)]
         rows.append(cells)
     return _table(header, rows)
 

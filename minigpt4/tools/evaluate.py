@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -227,8 +228,12 @@ def answer_all(args: argparse.Namespace, samples: Sequence[Any], settings: Gener
             options = [*(args.options or []), f"model.ckpt={ckpt}"] if ckpt else list(args.options or [])
             logger.info("checkpoint %s: %s", name, key)
             model = api.load_model(args.cfg_path, options, args.device, settings)
+            todo, started = sum(not log.has(key, s.id) for s in samples), time.perf_counter()
             answers[name] = generate_answers(model, samples, key, log, batch_size=args.batch_size,
                                              progress=not args.no_progress, **asdict(settings))
+            seconds = time.perf_counter() - started
+            logger.info("checkpoint %s: %d answer(s) generated in %.1f s (%.2f samples/s, batch size %d)", name,
+                        todo, seconds, todo / max(seconds, 1e-9), args.batch_size)
             del model
     finally:
         log.close()

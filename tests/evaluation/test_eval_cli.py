@@ -218,3 +218,8 @@ def test_bad_data_files_are_one_line_errors(options: List[str], synth_data_root:
     assert _run(options, "--sections", "Nope") == 2
     (line,) = _one_line(capsys.readouterr().err)
     assert "--sections ['nope'] not in the data" in line and "Fitzpatrick" in line
+    assert _run(options, "--benchmark", "facexbench") == 2
+    (line,) = _one_line(capsys.readouterr().err)
+    assert "--benchmark facexbench needs --root DIR" in line
+    assert _run(options, "--resume") == 2
+    assert "--resume continues the run in --out" in _one_line(capsys.readouterr().err)[0]
