@@ -158,8 +158,10 @@ def _tar_size(payload: Dict[str, bytes]) -> int:
     return sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in payload.values())
 
 
-def _image_payload(cand: Candidate, image: str, delta: ShardStats, where: str) -> Tuple[Optional[bytes], str, str]:
-    """``(bytes or None, extension, reason)`` of the record's image; a bad image is counted under its kind."""
+def _image_payload(cand: Candidate, image: str, delta: ShardStats, where: str, decoded: Dict[str, str]
+                   ) -> Tuple[Optional[bytes], str, str]:
+    """``(bytes or None, extension, reason)`` of the record's image; a bad image is counted under its kind.
+    ``decoded``: path -> decode problem ("" = fine) of the images checked so far."""
     try:
         path = image_path_in_root(cand.ann.image_root, image)
     except ImageOpenError as err:
@@ -171,16 +173,21 @@ def _image_payload(cand: Candidate, image: str, delta: ShardStats, where: str) -
     except OSError:
         delta.note_skip("missing", where)
         return None, "", f"image file not found: {path}"
-    try:
-        open_image(path, target_size=32)  # decodes (a large JPEG at reduced size): the builders' check
-    except ImageOpenError as err:
+    if path not in decoded:  # each distinct image is decoded once per run (records share images)
+        try:
+            open_image(path, target_size=32)  # a large JPEG at reduced size: the builders' check
+            decoded[path] = ""
+        except ImageOpenError as err:
+            decoded[path] = str(err)
+    if decoded[path]:
         delta.note_skip("undecodable", where)
-        return None, "", str(err)
+        return None, "", decoded[path]
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "img"
     return data, ext, ""
 
 
-def sample_of(cand: Candidate, opts: PackOptions, seen: Optional[set]) -> Tuple[Optional[Dict[str, bytes]], ShardStats]:
+def sample_of(cand: Candidate, opts: PackOptions, seen: Optional[set], decoded: Dict[str, str]
+              ) -> Tuple[Optional[Dict[str, bytes]], ShardStats]:
     """The tar members of one record (``None`` when it is left out) and its counts (what is wrong with it)."""
     delta = ShardStats()
     try:
@@ -195,7 +202,7 @@ def sample_of(cand: Candidate, opts: PackOptions, seen: Optional[set]) -> Tuple[
             delta.note_skip("duplicate_image", where)
             return None, delta
         seen.add(key)
-    data, ext, reason = _image_payload(cand, rec.image, delta, where)
+    data, ext, reason = _image_payload(cand, rec.image, delta, where, decoded)
     meta = {"image": rec.image, "image_id": rec.image_id, "questions": list(rec.questions),
             "answers": list(rec.answers), "section": rec.section, "source": rec.source, "index": rec.index,
             "has_image_token": rec.has_image_token}
@@ -276,7 +283,7 @@ class ShardPacker:
 
         self._tmp = self.opts.out / (SHARD_NAME.format(self.index) + ".tmp")
         self._file = open(self._tmp, "wb")
-        self._writer = wds.TarWriter(self._file, mtime=0.0)
+        self._writer = wds.TarWriter(self._file, mtime=0)  # an int: a float mtime adds a PAX header per member
         self.size = 2 * TAR_BLOCK  # the end-of-archive blocks
 
     def _close(self, end_cursor: int) -> None:
@@ -314,6 +321,7 @@ def pack(anns: Sequence[AnnFile], opts: PackOptions) -> Dict[str, Any]:
     fingerprint = _fingerprint(anns, opts)
     packer = ShardPacker(opts, fingerprint)
     seen: Optional[set] = set() if opts.one_per_image else None
+    decoded: Dict[str, str] = {}
     end = 0
     for cand in candidates(anns, opts):
         end = cand.cursor + 1
@@ -321,7 +329,7 @@ def pack(anns: Sequence[AnnFile], opts: PackOptions) -> Dict[str, Any]:
             if seen is not None and isinstance(cand.raw, dict) and isinstance(cand.raw.get("image"), str):
                 seen.add(image_key(cand.raw["image"]))
             continue
-        payload, delta = sample_of(cand, opts, seen)
+        payload, delta = sample_of(cand, opts, seen, decoded)
         packer.add(cand.cursor, payload, delta)
     packer.finish(end)
     return write_manifest(opts, packer.done, packer.stats, fingerprint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any, List
 
@@ -67,6 +68,12 @@ def test_manifest_counts_per_section_and_shard_and_what_was_left_out(tmp_path: P
     assert "bad_record" not in json.dumps(manifest) and "record #15" in manifest["examples"]["malformed"][0]
     sizes = [(tmp_path / "shards" / s["name"]).stat().st_size for s in manifest["shards"]]
     assert sizes == [s["bytes"] for s in manifest["shards"]]
+    for shard in manifest["shards"]:  # members (headers + data) of a shard of several samples fit in --shard-size
+        with tarfile.open(tmp_path / "shards" / shard["name"]) as tar:
+            members = tar.getmembers()
+        used = members[-1].offset_data + -(-members[-1].size // 512) * 512
+        assert shard["records"] == 1 or used + 1024 <= 5000, (shard, used)
+        assert sum(m.name.endswith(".json") for m in members) == shard["records"]
     assert manifest["image_bytes"] == sum(s["image_bytes"] for s in manifest["shards"]) > 0
     assert expand_shard_spec(str(tmp_path / "shards" / manifest["pattern"])) == \
         [str(tmp_path / "shards" / s["name"]) for s in manifest["shards"]]

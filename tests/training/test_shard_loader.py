@@ -27,7 +27,7 @@ CONSTANT_LR = {"init_lr": 0.01, "min_lr": 0.01, "warmup_lr": -1.0, "warmup_steps
 
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory: pytest.TempPathFactory) -> Tuple[str, Dict[str, Any]]:
-    """31 records with unique ids (11 ShareGPT + 2 sections x 10) in shards of about 2-3 samples."""
+    """31 records with unique ids (11 ShareGPT + 2 sections x 10), two per shard (one in the last)."""
     base = tmp_path_factory.mktemp("shards")
     root = write_face_root(base / "data", n_share=11, n_per_section=10)
     manifest = pack_root(root, base / "out", shard_size="8KB")
