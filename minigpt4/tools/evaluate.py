@@ -15,6 +15,9 @@ BLEU-4, chrF, ROUGE-L, CIDEr-D, answer length. Every section: the refusal / hedg
 Writes ``OUT/predictions.jsonl`` (appended per batch; ``--resume`` continues a killed run), ``OUT/report.json``,
 ``OUT/report.md`` (also printed) and ``OUT/confusion_*.png``. Greedy decoding by default (deterministic).
 
+Exit status: 0 ok; 2 a fault in the flags, config, data, a label map or a checkpoint (one line naming the file /
+record and the fix); 1 a programming error (with its traceback).
+
 ``--mode rank`` keeps the loss-ranking accuracy (no generation: each closed-set question is answered by the
 candidate answer with the lowest loss), for ``--dataset``/``--split`` of the config. ``--benchmark facexbench
 --root DIR`` runs the FaceXBench multiple-choice set instead.
