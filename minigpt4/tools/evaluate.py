@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = add_config_args(argparse.ArgumentParser(prog="facegpt-eval", description=__doc__.splitlines()[0]))
     parser.add_argument("--ckpt", action="append", default=[], metavar="PATH",
                         help="checkpoint to score (repeat for a side-by-side; none: the config's model.ckpt)")
-    parser.add_argument("--mode", choices=("generate", "rank"), default="generate")
+    parser.add_argument("--mode", choices=("generate", "rank"), default="generate",
+                        help="generate (default): score generated answers; rank: rank each closed-set question's "
+                        "candidate answers by loss (no generation)")
     parser.add_argument("--data", default="heldout", help="'heldout' (default) or a section file / LLaVA list")
     parser.add_argument("--image-root", type=Path, default=None, help="folder the --data FILE image paths start from")
     parser.add_argument("--allow-seen", action="store_true", help="score --data FILE images seen in training "
