@@ -223,3 +223,25 @@ def test_bad_data_files_are_one_line_errors(options: List[str], synth_data_root:
     assert "--benchmark facexbench needs --root DIR" in line
     assert _run(options, "--resume") == 2
     assert "--resume continues the run in --out" in _one_line(capsys.readouterr().err)[0]
+
+
+def test_a_llava_list_is_scored_with_an_eval_config(tiny_llama_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A chat config has no training datasets: the file is scored, with a warning that seen images are unchecked."""
+    from api_helpers import TINY_EVAL, face_picture, tiny_options
+
+    records = []
+    for k, answer in enumerate(["Yes, this is a human face.", "A smiling face.", "No, this is not a human face."]):
+        face_picture(tmp_path / f"f{k}.png", k + 1)
+        records.append({"id": k, "image": f"f{k}.png", "conversations": [
+            {"from": "human", "value": "Is this a human face?\n<image>"}, {"from": "gpt", "value": answer}]})
+    data = tmp_path / "list.json"
+    data.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    status = evaluate.main(["--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options", *tiny_options(tiny_llama_dir),
+                            "--data", str(data), "--out", str(out), *FAST])
+    assert status == 0
+    (entry,) = json.loads((out / "report.json").read_text())["sections"]
+    assert (entry["section"], entry["kind"], entry["n"]) == ("(no section)", "open", 3)
+    assert [r["id"] for r in _rows(out)] == [f"list/(no section)#{k}" for k in range(3)]
+    assert "were seen in training" in capsys.readouterr().err
