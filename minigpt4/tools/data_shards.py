@@ -16,6 +16,7 @@ unfinished one; ``OUT/manifest.json`` is written last. Layout of a sample: :mod:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from minigpt4.common.logger import get_logger
-from minigpt4.datasets.records import RecordError, normalise_section, parse_record
+from minigpt4.datasets.records import Record, RecordError, duplicate_key, normalise_section, parse_record, where
 from minigpt4.datasets.schemas import FieldMap
 from minigpt4.datasets.shards import FORMAT, MANIFEST, SHARD_NAME
 from minigpt4.datasets.splits import image_key
@@ -83,11 +84,11 @@ class ShardStats:
     skipped: Counter = field(default_factory=Counter)
     examples: Dict[str, List[str]] = field(default_factory=dict)
 
-    def note_skip(self, kind: str, where: str) -> None:
+    def note_skip(self, kind: str, origin: str) -> None:
         self.skipped[kind] += 1
         self.examples.setdefault(kind, [])
         if len(self.examples[kind]) < EXAMPLES:
-            self.examples[kind].append(where)
+            self.examples[kind].append(origin)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"records": self.records, "image_bytes": self.image_bytes, "sections": dict(self.sections),
@@ -158,20 +159,20 @@ def _tar_size(payload: Dict[str, bytes]) -> int:
     return sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in payload.values())
 
 
-def _image_payload(cand: Candidate, image: str, delta: ShardStats, where: str, decoded: Dict[str, str]
+def _image_payload(cand: Candidate, image: str, delta: ShardStats, origin: str, decoded: Dict[str, str]
                    ) -> Tuple[Optional[bytes], str, str]:
     """``(bytes or None, extension, reason)`` of the record's image; a bad image is counted under its kind.
     ``decoded``: path -> decode problem ("" = fine) of the images checked so far."""
     try:
         path = image_path_in_root(cand.ann.image_root, image)
     except ImageOpenError as err:
-        delta.note_skip("outside_root", where)
+        delta.note_skip("outside_root", origin)
         return None, "", str(err)
     try:
         with open(path, "rb") as fp:
             data = fp.read()
     except OSError:
-        delta.note_skip("missing", where)
+        delta.note_skip("missing", origin)
         return None, "", f"image file not found: {path}"
     if path not in decoded:  # each distinct image is decoded once per run (records share images)
         try:
@@ -180,29 +181,39 @@ def _image_payload(cand: Candidate, image: str, delta: ShardStats, where: str, d
         except ImageOpenError as err:
             decoded[path] = str(err)
     if decoded[path]:
-        delta.note_skip("undecodable", where)
+        delta.note_skip("undecodable", origin)
         return None, "", decoded[path]
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "img"
     return data, ext, ""
 
 
+def _image_identity(cand: Candidate, rec: Record) -> str:
+    """Which image a record names, for ``--one-per-image``: its path (normalised) under its file's image root."""
+    return os.path.join(os.path.abspath(cand.ann.image_root), image_key(rec.image))
+
+
+def parse(cand: Candidate, opts: PackOptions) -> Record:
+    """The builders' parse of one record (:class:`RecordError` when malformed)."""
+    return parse_record(cand.raw, FieldMap(), cand.ann.path, cand.index, cand.section, opts.require_image_token)
+
+
 def sample_of(cand: Candidate, opts: PackOptions, seen: Optional[set], decoded: Dict[str, str]
-              ) -> Tuple[Optional[Dict[str, bytes]], ShardStats]:
-    """The tar members of one record (``None`` when it is left out) and its counts (what is wrong with it)."""
+              ) -> Tuple[Optional[Dict[str, bytes]], ShardStats, Optional[Record]]:
+    """The tar members of one record (``None`` when it is left out), its counts (what is wrong with it) and the
+    parsed record (``None`` when malformed)."""
     delta = ShardStats()
     try:
-        rec = parse_record(cand.raw, FieldMap(), cand.ann.path, cand.index, cand.section, opts.require_image_token)
+        rec = parse(cand, opts)
     except RecordError as err:
         delta.note_skip("malformed", str(err))
-        return None, delta
-    where = f"{rec.source}{f'[{rec.section!r}]' if rec.section else ''} record #{rec.index}"
+        return None, delta, None
     if seen is not None:
-        key = image_key(rec.image)
+        key = _image_identity(cand, rec)
         if key in seen:
-            delta.note_skip("duplicate_image", where)
-            return None, delta
+            delta.note_skip("duplicate_image", where(rec))
+            return None, delta, rec
         seen.add(key)
-    data, ext, reason = _image_payload(cand, rec.image, delta, where, decoded)
+    data, ext, reason = _image_payload(cand, rec.image, delta, where(rec), decoded)
     meta = {"image": rec.image, "image_id": rec.image_id, "questions": list(rec.questions),
             "answers": list(rec.answers), "section": rec.section, "source": rec.source, "index": rec.index,
             "has_image_token": rec.has_image_token}
@@ -215,7 +226,27 @@ def sample_of(cand: Candidate, opts: PackOptions, seen: Optional[set], decoded: 
     delta.records = 1
     delta.sections[rec.section] += 1
     delta.sources[os.path.basename(rec.source)] += 1
-    return payload, delta
+    return payload, delta, rec
+
+
+class DuplicateNotes:
+    """Exact duplicate records per file (same image and turns as an earlier record): notes for the manifest, as
+    the JSON builders log them. Holds one 8-byte hash and one position per distinct record."""
+
+    def __init__(self) -> None:
+        self.first: Dict[int, int] = {}
+        self.counts: Counter = Counter()
+        self.example = ""
+
+    def add(self, rec: Record, cursor: int) -> None:
+        digest = hashlib.blake2b(json.dumps(duplicate_key(rec)).encode("utf-8"), digest_size=8).digest()
+        key = int.from_bytes(digest, "little")
+        if key not in self.first:
+            self.first[key] = cursor
+            return
+        self.counts[rec.source] += 1
+        if not self.example:
+            self.example = f"{where(rec)} repeats the record at pack position {self.first[key]}"
 
 
 # ------------------------------------------------------------------------------------------- the writer
@@ -321,24 +352,31 @@ def pack(anns: Sequence[AnnFile], opts: PackOptions) -> Dict[str, Any]:
     fingerprint = _fingerprint(anns, opts)
     packer = ShardPacker(opts, fingerprint)
     seen: Optional[set] = set() if opts.one_per_image else None
+    duplicates = DuplicateNotes()
     decoded: Dict[str, str] = {}
     end = 0
     for cand in candidates(anns, opts):
         end = cand.cursor + 1
-        if cand.cursor < packer.resume_cursor:  # inside a finished shard: no image is read
-            if seen is not None and isinstance(cand.raw, dict) and isinstance(cand.raw.get("image"), str):
-                seen.add(image_key(cand.raw["image"]))
-            continue
-        payload, delta = sample_of(cand, opts, seen, decoded)
-        packer.add(cand.cursor, payload, delta)
+        if cand.cursor < packer.resume_cursor:  # inside a finished shard: parsed again, no image is read
+            try:
+                rec: Optional[Record] = parse(cand, opts)
+            except RecordError:
+                rec = None
+            if rec is not None and seen is not None:
+                seen.add(_image_identity(cand, rec))
+        else:
+            payload, delta, rec = sample_of(cand, opts, seen, decoded)
+            packer.add(cand.cursor, payload, delta)
+        if rec is not None and seen is None:
+            duplicates.add(rec, cand.cursor)
     packer.finish(end)
-    return write_manifest(opts, packer.done, packer.stats, fingerprint)
+    return write_manifest(opts, packer.done, packer.stats, fingerprint, duplicates)
 
 
-def write_manifest(opts: PackOptions, parts: List[Dict[str, Any]], rest: ShardStats, fingerprint: Dict[str, Any]
-                   ) -> Dict[str, Any]:
-    """``OUT/manifest.json``: totals, per-section and per-shard counts, left-out records (written atomically).
-    ``rest``: left-out records after the last shard."""
+def write_manifest(opts: PackOptions, parts: List[Dict[str, Any]], rest: ShardStats, fingerprint: Dict[str, Any],
+                   duplicates: DuplicateNotes) -> Dict[str, Any]:
+    """``OUT/manifest.json``: totals, per-section and per-shard counts, left-out records, exact duplicates (kept,
+    noted) (written atomically). ``rest``: left-out records after the last shard."""
     total = ShardStats()
     for part in parts + [rest.as_dict()]:
         total.add(part)
@@ -349,6 +387,7 @@ def write_manifest(opts: PackOptions, parts: List[Dict[str, Any]], rest: ShardSt
         "shards": shards, "bytes": sum(p["bytes"] for p in parts), **total.as_dict(),
         "options": {k: v for k, v in fingerprint.items() if k != "inputs"},
         "inputs": [{"path": p, "image_root": r} for p, _, _, r in fingerprint["inputs"]],
+        "exact_duplicates": dict(duplicates.counts), "exact_duplicate_example": duplicates.example,
     }
     manifest["sections"] = {k: v for k, v in manifest["sections"].items() if v}
     tmp = opts.out / (MANIFEST + ".tmp")

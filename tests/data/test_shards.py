@@ -158,3 +158,22 @@ def test_command_line_packs_prints_the_config_line_and_sizes_parse(tmp_path: Pat
     assert parse_size("1GB") == 10**9 and parse_size("64KiB") == 65536 and parse_size("123") == 123
     with pytest.raises(PackError):
         parse_size("big")
+
+
+def test_exact_duplicates_are_noted_and_one_per_image_keeps_the_first_record_of_each_image(tmp_path: Path,
+                                                                                          caplog: Any) -> None:
+    root = write_face_root(tmp_path / "data")
+    share = root / "ShareGPTData" / "Annotations" / "subset_objects_gpt4vision_100k.json"
+    records = json.loads(share.read_text())
+    share.write_text(json.dumps(records + [dict(records[1], id="copy")]))
+    manifest = pack_root(root, tmp_path / "shards")
+    assert manifest["exact_duplicates"] == {str(share): 1} and manifest["records"] == 33
+    assert "record #12 repeats the record at pack position" in manifest["exact_duplicate_example"]
+    shard_builder(shard_spec(tmp_path / "shards", manifest)).build_datasets()
+    assert "exact duplicate records (same image and turns" in caplog.text
+    assert "1 in subset_objects_gpt4vision_100k.json; first: " in caplog.text
+    single = pack_root(root, tmp_path / "single", one_per_image=True)
+    assert single["records"] == 6 + 6 and single["skipped"]["duplicate_image"] == 33 - 12
+    assert single["sources"] == {share.name: 6, "gpt4VisionCalls_Cleaned_BySection.json": 6}
+    ds = shard_builder(shard_spec(tmp_path / "single", single), duplicate_images="one_per_image").build_datasets()
+    assert len(ds["train"]) == 12

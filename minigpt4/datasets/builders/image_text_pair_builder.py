@@ -175,6 +175,13 @@ class ConversationBuilder(BaseDatasetBuilder):
         if outside:
             logger.warning("%s: %d record(s) name an image outside the image root; they are skipped and counted like "
                            "missing images", self.NAME, outside)
+        duplicates = manifest.get("exact_duplicates") or {}
+        if duplicates and self.config.duplicate_images == "keep_all":
+            logger.warning("%s: the shards hold exact duplicate records (same image and turns as an earlier "
+                           "record; duplicate_images: keep_all trains every copy): %s; first: %s. Remove them with "
+                           "facegpt-data clean before packing, or pack with --one-per-image", self.NAME,
+                           ", ".join(f"{n} in {os.path.basename(f)}" for f, n in duplicates.items()),
+                           manifest.get("exact_duplicate_example", "?"))
 
 
 @registry.register_builder("sharegpt_face", aliases=("sharegpt_detail",))
