@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, List
 
@@ -15,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from minigpt4.datasets.builders import DatasetConfigError  # noqa: E402
 from minigpt4.datasets.datasets.collate import SkippedSample  # noqa: E402
-from minigpt4.datasets.shards import ShardError, expand_shard_spec  # noqa: E402
+from minigpt4.datasets.shards import ShardError, expand_shard_spec, shard_order, slot_parts  # noqa: E402
 from minigpt4.tools.data import main as data_main  # noqa: E402
 from minigpt4.tools.data_shards import PackError, parse_size  # noqa: E402
 from shard_support import json_builders, pack_root, shard_builder, shard_spec, write_face_root  # noqa: E402
@@ -177,3 +179,22 @@ def test_exact_duplicates_are_noted_and_one_per_image_keeps_the_first_record_of_
     assert single["sources"] == {share.name: 6, "gpt4VisionCalls_Cleaned_BySection.json": 6}
     ds = shard_builder(shard_spec(tmp_path / "single", single), duplicate_images="one_per_image").build_datasets()
     assert len(ds["train"]) == 12
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3, 4, 7])
+def test_slots_cover_every_record_once_and_padding_stays_below_the_slot_count(slots: int) -> None:
+    rng = random.Random(slots)
+    for trial in range(30):
+        counts = [rng.choice([0, 1, 2, 5, 9]) for _ in range(rng.randint(1, 9))]
+        total = sum(counts)
+        order = shard_order(len(counts), seed=trial, pass_index=trial % 3, shuffle=True)
+        for pad in (False, True):
+            taken = [[(p.shard, i) for p in slot_parts(counts, order, s, slots, pad) for i in range(p.start, p.stop)]
+                     for s in range(slots)]
+            seen = Counter(x for slot in taken for x in slot)
+            assert set(seen) == {(k, i) for k, c in enumerate(counts) for i in range(c)}, (counts, slots, pad)
+            if not pad:
+                assert all(n == 1 for n in seen.values()) and sum(map(len, taken)) == total
+            elif total:
+                assert {len(slot) for slot in taken} == {-(-total // slots)}, "every slot yields the same count"
+                assert sum(seen.values()) - total == slots * -(-total // slots) - total < slots
