@@ -260,6 +260,9 @@ class ShardPacker:
     def __init__(self, opts: PackOptions, fingerprint: Dict[str, Any]) -> None:
         self.opts, self.fingerprint = opts, fingerprint
         self.parts_dir = opts.out / PARTS
+        if not self.parts_dir.is_dir() and any(opts.out.glob("shard-*.tar")):
+            raise PackError(f"{opts.out} holds shard-*.tar files that facegpt-data shards did not write (no {PARTS}/ "
+                            "folder beside them); they are left alone: use an empty or new --out folder")
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.done: List[Dict[str, Any]] = self._finished_parts()
         self.index = len(self.done)

@@ -101,6 +101,12 @@ def test_rerun_keeps_finished_shards_and_finishes_the_rest_identically(tmp_path:
     assert not list(out.glob("*.tmp"))
     with pytest.raises(PackError, match="other inputs or options"):
         pack_root(root, out, shard_size="7KB")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "shard-000000.tar").write_bytes(b"someone else's data")
+    with pytest.raises(PackError, match="did not write .*left alone"):
+        pack_root(root, foreign)
+    assert (foreign / "shard-000000.tar").read_bytes() == b"someone else's data"
 
 
 def test_builder_reads_only_the_manifest_at_start_up(tmp_path: Path) -> None:
