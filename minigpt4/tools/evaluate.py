@@ -282,8 +282,10 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_benchmark(args: argparse.Namespace) -> int:
     """``--benchmark facexbench``: the FaceXBench multiple-choice set, per checkpoint."""
     from minigpt4 import api
-    from minigpt4.evaluation.facexbench import run_facexbench
+    from minigpt4.evaluation.facexbench import check_images, load_benchmark, run_facexbench
 
+    questions = load_benchmark(args.root, args.prepend_text)[:args.limit]  # a bad folder is reported before loading
+    check_images([q for q in questions if q.skip_reason is None])
     settings = settings_from_args(args)
     ckpts = list(args.ckpt) or [None]
     for k, ckpt in enumerate(ckpts):

@@ -345,3 +345,17 @@ def test_facegpt_eval_benchmark_command(tmp_path: Path, tiny_llama_dir: Path, ca
     assert report["prepend_text"] is True and report["generation"]["max_new_tokens"] == 4
     rows = _rows(out / PREDICTIONS_FILE)
     assert len(rows) == 7 and rows["affectnet_single_mcq.json#1"]["prompt"].startswith("Recognise the expression.\n")
+
+
+def test_facegpt_eval_reports_a_bad_benchmark_folder_before_loading_the_model(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """The model named here does not exist: the folder fault must be the one reported (the model is never loaded)."""
+    from minigpt4.tools import evaluate
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status = evaluate.main(["--cfg-path", str(tmp_path / "no_such_config.yaml"), "--benchmark", "facexbench",
+                            "--root", str(empty), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "no FaceXBench JSON files" in err and "no_such_config" not in err
