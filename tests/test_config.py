@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from minigpt4.common.config import ConfigError, load_config, parse_options
+from minigpt4.common.config import Config, ConfigError, load_config, parse_options
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import DatasetConfig, ModelConfig, ProcessorConfig, path_field
 
@@ -121,6 +121,17 @@ def test_options_in_both_forms_give_the_same_config(components: Path) -> None:
     b = load_config(path, ["run.init_lr", "3e-5", "model.lora_r", "8"])
     assert a.run.init_lr == b.run.init_lr == pytest.approx(3e-5)
     assert a.model.lora_r == b.model.lora_r == 8
+
+
+def test_upstream_config_args_constructor_loads_like_load_config(components: Path) -> None:
+    """Ported upstream code builds ``Config(args)`` from an argparse namespace; it must equal ``load_config``."""
+    import argparse
+
+    path = _write(components, _base(components))
+    args = argparse.Namespace(cfg_path=str(path), options=["model.lora_r", "8"])
+    cfg = Config(args)
+    assert cfg.to_dict() == load_config(path, ["model.lora_r=8"], check_dataset_paths=False).to_dict()
+    assert cfg.model_cfg.lora_r == 8 and cfg.source == str(path)
 
 
 def test_malformed_options_are_reported() -> None:

@@ -422,10 +422,15 @@ class Config:
     """A validated config: typed ``model``, ``datasets``, ``run``, ``preprocess`` sections.
 
     Upstream's accessors (``model_cfg``, ``datasets_cfg``, ``run_cfg``, ``get_config()``, ``to_dict()``,
-    ``pretty_print()``) are kept for ported code.
+    ``pretty_print()``) are kept for ported code, and so is upstream's constructor ``Config(args)`` (``args`` with
+    ``cfg_path`` and ``options``: loaded as :func:`load_config` does, dataset folders not checked, as the chat
+    front ends load).
     """
 
-    def __init__(self, root: DictConfig, source: str = "config") -> None:
+    def __init__(self, root: Any, source: str = "config") -> None:
+        if hasattr(root, "cfg_path"):  # upstream's ``Config(args)``: an argparse namespace with cfg_path / options
+            loaded = load_config(root.cfg_path, getattr(root, "options", None), check_dataset_paths=False)
+            root, source = loaded.config, loaded.source
         self.config = root
         self.source = source
 
