@@ -161,12 +161,21 @@ def record_image_paths(dataset: Any) -> Optional[List[Optional[str]]]:
     when the dataset does not list its records (``annotation`` + ``image_path``, e.g. a stream of shards)."""
     if not isinstance(getattr(dataset, "annotation", None), list) or not hasattr(dataset, "image_path"):
         return None
+    rel_of = getattr(dataset, "image_rel", None)
+    resolved: Dict[str, Optional[str]] = {}  # path as written -> full path (records share images)
     paths: List[Optional[str]] = []
     for index in range(len(dataset.annotation)):
-        try:
-            paths.append(dataset.image_path(index))
-        except ImagePathError:
-            paths.append(None)  # never opened: the dataset skips it at train time
+        rel = rel_of(index) if rel_of is not None else None
+        if rel is None or rel not in resolved:
+            try:
+                full: Optional[str] = dataset.image_path(index)
+            except ImagePathError:
+                full = None  # never opened: the dataset skips it at train time
+            if rel is None:
+                paths.append(full)
+                continue
+            resolved[rel] = full
+        paths.append(resolved[rel])
     return paths
 
 
