@@ -2,9 +2,10 @@
 
 Two records show the same image when the image files hold the same bytes (:func:`content_key`, a sha256 of the
 file), whatever their paths. The checks are ordered from cheap to dear, so that start-up stays cheap for a
-million records: equal normalised absolute paths match at once; otherwise only files whose size equals the size
-of a held-out image are hashed (one ``stat`` per distinct training image, one hash per size collision), and every
-hash is cached per ``(path, size, mtime)``.
+million records: equal normalised absolute paths match at once; otherwise only a file whose size equals the size
+of a held-out image is read, first its head (:data:`HEAD_BYTES`), and it is hashed whole only when that head
+equals the head of a held-out image of its size. So the cost is one ``stat`` per distinct training image plus a
+small read per size collision; heads and hashes are cached per ``(path, size, mtime)``.
 
 :func:`hold_out_across_datasets` runs after every builder of a run has built its splits: every split other than
 ``train`` is held out, and every training record whose image equals (by content) a held-out image of *any*
@@ -30,8 +31,10 @@ logger = get_logger(__name__)
 
 TRAIN_SPLIT = "train"
 MAX_EXAMPLES = 5
+HEAD_BYTES = 4096  # files of one size are first compared by their first bytes; only equal heads are hashed whole
 _CHUNK = 1 << 20
 _HASHES: Dict[Tuple[str, int, int], str] = {}
+_HEADS: Dict[Tuple[str, int, int], bytes] = {}
 
 
 def normalised_path(path: str) -> str:
@@ -39,13 +42,28 @@ def normalised_path(path: str) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
+def _cache_key(path: str) -> Tuple[str, int, int]:
+    st = os.stat(path)
+    return normalised_path(path), st.st_size, st.st_mtime_ns
+
+
+def head_key(path: str) -> bytes:
+    """A digest of the first :data:`HEAD_BYTES` bytes of the file (one small read), cached like
+    :func:`content_key`. Files of equal size whose heads differ differ; equal heads say nothing yet."""
+    key = _cache_key(path)
+    cached = _HEADS.get(key)
+    if cached is None:
+        with open(path, "rb") as fp:
+            cached = _HEADS[key] = hashlib.sha256(fp.read(HEAD_BYTES)).digest()
+    return cached
+
+
 def content_key(path: str) -> str:
     """Hex sha256 of the bytes of the file at ``path``, cached per ``(path, size, mtime)``.
 
     Raises ``OSError`` when the file cannot be read.
     """
-    st = os.stat(path)
-    key = (normalised_path(path), st.st_size, st.st_mtime_ns)
+    key = _cache_key(path)
     cached = _HASHES.get(key)
     if cached is None:
         digest = hashlib.sha256()
@@ -57,29 +75,43 @@ def content_key(path: str) -> str:
 
 
 def hashed_paths() -> List[str]:
-    """Paths hashed so far in this process (the cache of :func:`content_key`), for diagnostics and tests."""
+    """Paths hashed whole so far in this process (the cache of :func:`content_key`), for diagnostics and tests."""
     return sorted({key[0] for key in _HASHES})
+
+
+def read_paths() -> List[str]:
+    """Paths whose bytes were read so far in this process (head or whole), for diagnostics and tests."""
+    return sorted({key[0] for key in _HEADS} | {key[0] for key in _HASHES})
+
+
+def _split_by(paths: List[str], key_of: Any) -> List[List[str]]:
+    """``paths`` grouped by ``key_of(path)``; unreadable files are left out."""
+    groups: Dict[Any, List[str]] = {}
+    for path in paths:
+        try:
+            groups.setdefault(key_of(path), []).append(path)
+        except OSError:
+            continue
+    return list(groups.values())
 
 
 def identity_keys(paths: Iterable[str]) -> Dict[str, str]:
     """``{normalised path: identity}`` for every readable file of ``paths``: two get equal identities exactly when
-    their bytes are equal. Only files whose size another file shares are hashed (``sha256:<hex>``); a file with a
-    size of its own is its own identity (``path:<normalised path>``). Unreadable files are left out."""
-    by_size: Dict[int, List[str]] = {}
-    for path in sorted({normalised_path(p) for p in paths}):
-        size = _size(path)
-        if size is not None:
-            by_size.setdefault(size, []).append(path)
+    their bytes are equal. Files are grouped by size, then by :func:`head_key`; only files that still share a
+    group are hashed whole (``sha256:<hex>``); any other file is its own identity (``path:<normalised path>``).
+    Unreadable files are left out."""
     keys: Dict[str, str] = {}
-    for group in by_size.values():
-        for path in group:
+    for by_size in _split_by(sorted({normalised_path(p) for p in paths}), lambda p: os.stat(p).st_size):
+        heads = _split_by(by_size, head_key) if len(by_size) > 1 else [by_size]
+        for group in heads:
             if len(group) == 1:
-                keys[path] = f"path:{path}"
+                keys[group[0]] = f"path:{group[0]}"
                 continue
-            try:
-                keys[path] = f"sha256:{content_key(path)}"
-            except OSError:
-                continue
+            for path in group:
+                try:
+                    keys[path] = f"sha256:{content_key(path)}"
+                except OSError:
+                    continue
     return keys
 
 
@@ -93,8 +125,9 @@ def _size(path: str) -> Optional[int]:
 class ImageIndex:
     """A set of image files, each labelled with where it comes from, queried by path and then by content.
 
-    Only the paths and sizes are read when the index is built; a size bucket is hashed the first time a queried
-    file has that size.
+    Only the paths and sizes are read when the index is built. A queried file of an indexed size is compared by
+    :func:`head_key` with the indexed files of that size (their heads read once), and hashed whole only when a
+    head is equal.
     """
 
     def __init__(self, entries: Iterable[Tuple[str, str]]) -> None:
@@ -102,7 +135,7 @@ class ImageIndex:
         self.by_path: Dict[str, Tuple[str, str]] = {}
         self.by_size: Dict[int, List[str]] = {}
         self.unreadable: List[str] = []
-        self._by_hash: Dict[int, Dict[str, List[Tuple[str, str]]]] = {}
+        self._by_head: Dict[int, Dict[bytes, List[str]]] = {}
         for path, label in entries:
             norm = normalised_path(path)
             if norm in self.by_path:
@@ -117,18 +150,17 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.by_path)
 
-    def _bucket(self, size: int) -> Dict[str, List[Tuple[str, str]]]:
-        """Hash → entries, for every indexed file of ``size`` bytes (hashed once)."""
-        if size not in self._by_hash:
-            bucket: Dict[str, List[Tuple[str, str]]] = {}
+    def _heads(self, size: int) -> Dict[bytes, List[str]]:
+        """Head digest → indexed files of ``size`` bytes (heads read once)."""
+        if size not in self._by_head:
+            bucket: Dict[bytes, List[str]] = {}
             for norm in sorted(self.by_size.get(size, ())):  # sorted: the first entry of a hash is order-free
-                path, label = self.by_path[norm]
                 try:
-                    bucket.setdefault(content_key(path), []).append((path, label))
+                    bucket.setdefault(head_key(self.by_path[norm][0]), []).append(norm)
                 except OSError:
-                    self.unreadable.append(path)
-            self._by_hash[size] = bucket
-        return self._by_hash[size]
+                    self.unreadable.append(self.by_path[norm][0])
+            self._by_head[size] = bucket
+        return self._by_head[size]
 
     def _same_bytes(self, path: str) -> List[Tuple[str, str]]:
         """Indexed entries whose file holds the bytes of ``path`` (empty when it cannot be read)."""
@@ -136,9 +168,18 @@ class ImageIndex:
         if size is None or size not in self.by_size:
             return []
         try:
-            return self._bucket(size).get(content_key(path), [])
+            candidates = self._heads(size).get(head_key(path), [])
+            wanted = content_key(path) if candidates else None
         except OSError:
             return []
+        out = []
+        for norm in candidates:
+            try:
+                if content_key(self.by_path[norm][0]) == wanted:
+                    out.append(self.by_path[norm])
+            except OSError:
+                continue
+        return out
 
     def match(self, path: str) -> Optional[Tuple[str, str, str]]:
         """``(how, indexed path, its label)`` when ``path`` is an indexed image (``how`` = ``"path"`` or

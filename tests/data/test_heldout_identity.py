@@ -138,10 +138,12 @@ def test_no_held_out_image_is_trained_on_and_removed_counts_are_exact(tmp_path: 
 
     share_bmps = [p for p in image_files(datasets["sharegpt_face"]["train"]) if p.endswith(".bmp")]
     assert share_bmps, "BMPs of equal size but other pixels stay in training"
-    hashed = set(identity.hashed_paths())
-    assert {identity.normalised_path(p) for p in share_bmps} <= hashed, "equal size: compared by content"
+    read = set(identity.read_paths())
+    assert {identity.normalised_path(p) for p in share_bmps} <= read, "equal size: compared by content"
+    assert not {identity.normalised_path(p) for p in share_bmps} & set(identity.hashed_paths()), \
+        "their first bytes differ: not hashed whole"
     unique_size = [p for p in before["sharegpt_face"] if Path(p).stat().st_size not in val_sizes]
-    assert unique_size and not {identity.normalised_path(p) for p in unique_size} & hashed, \
+    assert unique_size and not {identity.normalised_path(p) for p in unique_size} & read, \
         "a file whose size no held-out image has is never read"
 
 
@@ -210,3 +212,20 @@ def test_content_key_is_the_sha256_of_the_bytes_and_follows_changes(tmp_path: Pa
     assert content_key(str(path)) == hashlib.sha256(b"first").hexdigest()
     path.write_bytes(b"second, longer")
     assert content_key(str(path)) == hashlib.sha256(b"second, longer").hexdigest(), "cache keyed by size/mtime"
+
+
+def test_equal_size_and_equal_head_still_compared_whole(tmp_path: Path) -> None:
+    """Files that agree in size and in their first HEAD_BYTES bytes are told apart by their whole bytes."""
+    head = bytes(range(256)) * (identity.HEAD_BYTES // 256)
+    a, b, c = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "sub" / "c.jpg"
+    c.parent.mkdir()
+    a.write_bytes(head + b"tail A")
+    b.write_bytes(head + b"tail B")
+    c.write_bytes(head + b"tail A")
+    keys = identity.identity_keys([str(a), str(b), str(c)])
+    norm = identity.normalised_path
+    assert keys[norm(str(a))] == keys[norm(str(c))] != keys[norm(str(b))]
+    index = identity.ImageIndex([(str(a), "held")])
+    assert index.match(str(b)) is None
+    assert index.match(str(c)) == ("content", str(a), "held")
+    assert index.match(str(tmp_path / "sub" / ".." / "a.jpg")) == ("path", str(a), "held")
