@@ -211,8 +211,7 @@ def _render_content_duplicates(dup: Any) -> List[str]:
     rows = [[p["a"], p["b"], p["shared_images"], p["other_path"],
              "; ".join(f"{x} = {y}" for x, y in p["examples"][:1]) or "-"]
             for p in dup["pairs"] if p["shared_images"]]
-    out = ["", "Images with the same bytes in two files (by content; a held-out image of one is removed from the "
-               "training splits of all):"]
+    out = ["", "Images with the same bytes in two files (compared by content, whatever their paths):"]
     if rows:
         out.append(format_table(rows, ["file a", "file b", "shared images", "under another path", "e.g."]))
     out += [f"  {label}: {n} image path(s) repeat the bytes of another path in the same file"
