@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -124,8 +125,9 @@ def init_distributed_mode(run_cfg: Any) -> DistInfo:
     dist.init_process_group(backend, init_method=run_cfg.dist_url, world_size=world_size, rank=rank,
                             timeout=timedelta(minutes=int(run_cfg.dist_timeout_minutes)), **kwargs)
     barrier()
-    logger.info("Distributed mode (%s): rank %d of %d, local rank %d, backend %s, device %s",
-                launcher, rank, world_size, local_rank, backend, device)
+    node = os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID", "0"))  # torchrun's node rank, or SLURM's
+    logger.info("Distributed mode (%s): rank %d of %d, local rank %d on node %s (%s), backend %s, device %s",
+                launcher, rank, world_size, local_rank, node, socket.gethostname(), backend, device)
     _write_back(run_cfg, True, rank, world_size, local_rank if use_cuda else None)
     return DistInfo(True, rank, world_size, local_rank, backend, device)
 
