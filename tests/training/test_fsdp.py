@@ -117,6 +117,22 @@ def test_fsdp_in_one_process_trains_unsharded_and_says_so(tiny_files: Dict[str, 
     assert any("run.strategy=fsdp in ONE process" in m for m in records.messages)
 
 
+def test_quantized_llm_is_refused_in_one_line(tiny_files: Dict[str, str], tiny_llama_dir: Path,
+                                              facegpt_data_env: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes", reason="pip install -e .[quant] (make test installs it)")
+    from minigpt4.models.connectors import ModelConfigError
+    from minigpt4.models.llm import load_llm
+
+    llm = load_llm(str(tiny_llama_dir), precision="fp32", quantization="4bit")
+    with pytest.raises(fsdp.FSDPConfigError) as info:
+        fsdp.check_shardable(llm)
+    assert "\n" not in str(info.value) and "Params4bit" in str(info.value) and "run.strategy=ddp" in str(info.value)
+    cfg = load_config(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, "model.freeze_llm=False",
+                                            "model.llm_quantization=4bit"))
+    with pytest.raises(ModelConfigError, match="quantized weights cannot train"):
+        registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+
+
 LLAMA2_7B_PARAMS = 6_738_415_616  # Llama-2-7b: 32 layers x 202,383,360 + embeddings and lm_head (32000 x 4096 each) + norm
 
 
