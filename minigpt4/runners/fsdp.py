@@ -4,8 +4,11 @@ What the runner needs from FSDP, in one place:
 
 * :func:`shard_model` — ``fully_shard`` on every decoder layer of the LLM (found generically, peft-wrapped or not:
   the ``nn.ModuleList`` holding the most parameters under ``llama_model``), then on the whole model. Mixed precision
-  comes from the run's :class:`~minigpt4.common.precision.PrecisionPolicy`: parameters are all-gathered in its
-  compute dtype (none for fp32), gradients are reduce-scattered in fp32.
+  comes from the run's :class:`~minigpt4.common.precision.PrecisionPolicy`: the decoder layers (the bulk of the
+  weights) are all-gathered and computed with weights in its compute dtype; the rest of the model (vision tower,
+  ``ln_vision``, projection, embeddings, LM head) is all-gathered as stored and left to autocast, as under DDP,
+  because some of it computes in fp32 on purpose (``ln_vision`` is upstream's fp32 LayerNorm). Gradients are
+  reduce-scattered in fp32 everywhere; the trainable master weights stay fp32.
 * :func:`gather_trainable_weights` / :func:`full_optimizer_state` — collectives (every rank calls them) that give
   rank 0 the full, CPU-resident trainable weights under upstream's key names and the optimizer state in
   ``torch.optim.Optimizer.state_dict()`` form (parameter indices, the form DDP runs write), so a FSDP checkpoint
@@ -76,14 +79,20 @@ def check_shardable(model: nn.Module) -> None:
     """Refuse what FSDP cannot shard: bitsandbytes-quantized weights (8-bit / 4-bit LLMs)."""
     quantized = sorted({type(p).__name__ for p in model.parameters() if type(p).__module__.startswith("bitsandbytes")})
     if quantized:
-        raise FSDPConfigError(f"run.strategy=fsdp cannot shard bitsandbytes-quantized weights ({', '.join(quantized)}); "
-                              "use run.strategy=ddp with model.llm_quantization, or model.llm_quantization=none")
+        raise FSDPConfigError(f"run.strategy=fsdp cannot shard bitsandbytes-quantized weights "
+                              f"({', '.join(quantized)}); use run.strategy=ddp with model.llm_quantization, or "
+                              "model.llm_quantization=none")
 
 
 def mixed_precision(policy: PrecisionPolicy) -> MixedPrecisionPolicy:
-    """FSDP2 mixed precision of ``policy``: all-gather in its compute dtype (fp32: as stored), reduce in fp32."""
+    """FSDP2 mixed precision of the decoder layers under ``policy``: weights all-gathered in its compute dtype
+    (fp32: as stored), gradients reduced in fp32."""
     return MixedPrecisionPolicy(param_dtype=policy.dtype if policy.uses_autocast else None,
                                 reduce_dtype=torch.float32)
+
+
+#: the root unit: weights all-gathered as stored (autocast casts them where it computes), gradients reduced in fp32
+ROOT_PRECISION = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
 
 
 def broadcast_module_states(model: nn.Module) -> None:
@@ -107,11 +116,11 @@ def shard_model(model: nn.Module, policy: PrecisionPolicy, device: torch.device,
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=ROOT_PRECISION)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("FSDP2: %d decoder layer(s) + the root sharded over %d ranks (%s mesh); all-gather dtype %s, "
-                "gradient reduction fp32; %d trainable values", len(layers), world_size, device.type,
-                mp.param_dtype or "as stored", trainable)
+    logger.info("FSDP2: %d decoder layer(s) + the root sharded over %d ranks (%s mesh); decoder-layer weights "
+                "all-gathered in %s, the root's as stored; gradient reduction fp32; %d trainable values", len(layers),
+                world_size, device.type, mp.param_dtype or "their stored dtype", trainable)
     return model
 
 

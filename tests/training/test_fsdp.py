@@ -1,9 +1,10 @@
 """``run.strategy: fsdp`` (PyTorch FSDP2) on two gloo CPU processes, tiny MiniGPT-v2, full fine-tune of its LLM.
 
 Two ``torchrun --nproc_per_node 2`` runs train the same 10 iterations, one under DDP and one under FSDP, with
-validation on uneven per-rank shares and a checkpoint every 2 iterations. The tests compare the two runs (losses, validation loss, weights, checkpoint keys), load the FSDP checkpoint the way chat
-does, and SIGKILL a third FSDP run (its whole process group) after its first checkpoint, resume it with
-``run.resume_ckpt_path=auto`` and compare its final weights with the uninterrupted FSDP run's.
+validation on uneven per-rank shares and a checkpoint every 2 iterations. The tests compare the two runs (losses,
+validation loss, weights, checkpoint keys), load the FSDP checkpoint the way chat does, and SIGKILL a third FSDP
+run (its whole process group) after its first checkpoint, resume it with ``run.resume_ckpt_path=auto`` and compare
+its final weights with the uninterrupted FSDP run's.
 
 Tolerance of FSDP vs DDP: relative 1e-5 on losses and gradient norms, absolute 1e-6 on weights (fp32 on CPU; FSDP
 reduce-scatters where DDP all-reduces, so only the summation order of two ranks may differ; measured: 0.0).
@@ -133,7 +134,8 @@ def test_quantized_llm_is_refused_in_one_line(tiny_files: Dict[str, str], tiny_l
         registry.get_model_class(cfg.model.arch).from_config(cfg.model)
 
 
-LLAMA2_7B_PARAMS = 6_738_415_616  # Llama-2-7b: 32 layers x 202,383,360 + embeddings and lm_head (32000 x 4096 each) + norm
+#: Llama-2-7b: 32 layers x 202,383,360 + embeddings and lm_head (32000 x 4096 each) + the final norm (4096)
+LLAMA2_7B_PARAMS = 6_738_415_616
 
 
 def test_full_finetune_config_builds_fsdp_units_on_the_7b_layout(tmp_path: Path, tiny_llama_dir: Path,
