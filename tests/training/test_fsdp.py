@@ -241,3 +241,23 @@ def test_fsdp_sigkill_then_auto_resume_equals_uninterrupted_run(parity_runs: Pat
     assert [r["global_step"] for r in _records(run_dir, "train")] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in _records(run_dir, "train")] == [r["loss"] for r in _records(parity_runs / "fsdp",
                                                                                               "train")]
+
+
+@pytest.mark.slow  # one more torchrun launch: about a minute on 2 busy cores
+def test_a_ddp_checkpoint_resumes_under_fsdp(parity_runs: Path, tiny_files: Dict[str, str], train_data: Path,
+                                             tmp_path: Path) -> None:
+    """The trainer state has one form under both strategies: DDP's pair after 8 iterations, continued under FSDP,
+    ends on the weights both uninterrupted runs reached (optimizer moments, schedule and data position restored)."""
+    pair = parity_runs / "ddp" / "checkpoint_0_000008.pth"
+    assert pair.is_file() and (parity_runs / "ddp" / "trainer_state_0_000008.pt").is_file()
+    opts = tiny_options("minigpt_v2", tiny_files, tmp_path, *COMMON, "run.strategy=fsdp", "run.run_id=continued",
+                        f"run.resume_ckpt_path={pair}")
+    cmd = torchrun_cmd(str(REPO / "train.py"), "--cfg-path", str(TINY_V2), "--options", *opts)
+    done = subprocess.run(cmd, env=subprocess_env(train_data), cwd=tmp_path, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    run_dir = tmp_path / "tiny_minigpt_v2" / "continued"
+    assert [r["global_step"] for r in _records(run_dir, "train")] == [9, 10]
+    reference = _weights(parity_runs / "fsdp" / "checkpoint_0.pth")
+    continued = _weights(run_dir / "checkpoint_0.pth")
+    for key, value in reference.items():
+        torch.testing.assert_close(continued[key], value, rtol=0, atol=1e-6, msg=key)
