@@ -86,7 +86,8 @@ def read_manifest(folder: Union[str, Path]) -> Dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ShardError(f"{path}: unreadable manifest ({err}). Fix: delete it and re-run facegpt-data shards") from None
+        raise ShardError(f"{path}: unreadable manifest ({err}). Fix: delete it and re-run facegpt-data shards"
+                         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "shards" not in manifest:
         raise ShardError(f"{path}: not a FaceGPT shard manifest of format {FORMAT}. Fix: re-pack with "
                          "facegpt-data shards")

@@ -121,7 +121,8 @@ def _fingerprint(anns: Sequence[AnnFile], opts: PackOptions) -> Dict[str, Any]:
 def _check_sections(anns: Sequence[AnnFile], wanted: Sequence[str], prompt_sections: Sequence[str]) -> None:
     if not wanted:
         return
-    present = {s for a in anns if a.kind == "object" for s in sections_of(a) if not is_prompt_section(s, prompt_sections)}
+    present = {s for a in anns if a.kind == "object" for s in sections_of(a)
+               if not is_prompt_section(s, prompt_sections)}
     unknown = [w for w in wanted if normalise_section(w) not in present]
     if unknown:
         raise PackError(f"--sections {unknown}: not a sample section of any FaceGPT4Vision file; available: "

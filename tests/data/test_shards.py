@@ -48,7 +48,8 @@ def test_shards_yield_the_same_samples_as_the_json_files_bad_images_included(tmp
     manifest = pack_root(root, tmp_path / "shards", shard_size="5KB")
     assert len(manifest["shards"]) > 3
     expected = _json_items(root, on_error="skip", max_turns=2)
-    ds = shard_builder(shard_spec(tmp_path / "shards", manifest), on_error="skip", max_turns=2).build_datasets()["train"]
+    builder = shard_builder(shard_spec(tmp_path / "shards", manifest), on_error="skip", max_turns=2)
+    ds = builder.build_datasets()["train"]
     ds.configure(rank=0, world_size=1, num_workers=0, seed=0, pass_index=0, shuffle=False)
     got = list(ds)
     assert len(got) == len(expected) == len(ds) == 12 + 3 + 20

@@ -87,8 +87,9 @@ def shard_spec(out: Path, manifest: Dict[str, Any]) -> str:
 
 def json_builders(root: Path, size: int = 16, **extra: Any) -> List[Any]:
     """The two face builders on the JSON files of ``root`` (pack order: GPT4VisionData first)."""
+    gpt_ann = root / "GPT4VisionData" / "Annotations" / SECTION_FILE
     gpt = FaceGPT4VisionBuilder({"build_info": {"image_path": str(root / "GPT4VisionData" / "Images"),
-                                                "ann_path": str(root / "GPT4VisionData" / "Annotations" / SECTION_FILE)},
+                                                "ann_path": str(gpt_ann)},
                                  **processors(size), **extra})
     share = ShareGPTFaceBuilder({"build_info": {"image_path": str(root / "ShareGPTData" / "Images"),
                                                 "ann_path": [str(root / "ShareGPTData" / "Annotations" / SHARE_FILE)]},

@@ -169,9 +169,9 @@ class ConversationBuilder(BaseDatasetBuilder):
                            self.NAME, malformed, first.get("malformed", ["?"])[0])
         outside = int(skipped.get("outside_root", 0))
         if outside and self.config.strict_images:
-            raise DatasetConfigError(f"{where}: {outside} record(s) name an image outside the image root (strict_images "
-                                     f"is on), first: {first.get('outside_root', ['?'])[0]}. Fix: make image paths "
-                                     "relative to the image root and re-pack, or set strict_images: false")
+            raise DatasetConfigError(f"{where}: {outside} record(s) name an image outside the image root "
+                                     f"(strict_images is on), first: {first.get('outside_root', ['?'])[0]}. Fix: make "
+                                     "image paths relative to the image root and re-pack, or set strict_images: false")
         if outside:
             logger.warning("%s: %d record(s) name an image outside the image root; they are skipped and counted like "
                            "missing images", self.NAME, outside)
