@@ -319,9 +319,11 @@ def hold_out_across_datasets(datasets: Dict[str, Dict[str, Any]]) -> HeldOutRepo
     if report.unreadable_held_out:
         logger.warning("held out across datasets: %d held-out image(s) could not be read; they are compared by "
                        "path only", report.unreadable_held_out)
-    if report.unchecked and len(index):
-        logger.warning("held out across datasets: %s do(es) not list records (e.g. shards); held-out images in "
-                       "them cannot be found: pack shards from training records only", ", ".join(report.unchecked))
+    if report.unchecked and (len(index) or any(not u.endswith(f".{TRAIN_SPLIT}") for u in report.unchecked)):
+        logger.warning("held out across datasets: %s stream(s) records without listing them (shards), so images "
+                       "there are not compared by content; pack train and val shard sets from files split by "
+                       "image (facegpt-data split) and check cross-dataset copies with facegpt-data stats",
+                       ", ".join(report.unchecked))
     return report
 
 
@@ -338,8 +340,13 @@ def training_images(datasets: Dict[str, Dict[str, Any]]) -> List[Tuple[str, str]
     """``(full image path, dataset name)`` of every record of every ``train`` split that lists its records."""
     out: List[Tuple[str, str]] = []
     for name, splits in datasets.items():
-        paths = record_image_paths(splits[TRAIN_SPLIT]) if TRAIN_SPLIT in splits else None
-        out.extend((p, name) for p in sorted({p for p in paths or () if p is not None}))
+        if TRAIN_SPLIT not in splits:
+            continue
+        paths = record_image_paths(splits[TRAIN_SPLIT])
+        if paths is None:
+            logger.warning("%s.%s streams its records (shards): its images are not compared", name, TRAIN_SPLIT)
+            continue
+        out.extend((p, name) for p in sorted({p for p in paths if p is not None}))
     return out
 
 

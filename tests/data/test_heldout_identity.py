@@ -229,3 +229,20 @@ def test_equal_size_and_equal_head_still_compared_whole(tmp_path: Path) -> None:
     assert index.match(str(b)) is None
     assert index.match(str(c)) == ("content", str(a), "held")
     assert index.match(str(tmp_path / "sub" / ".." / "a.jpg")) == ("path", str(a), "held")
+
+
+def test_a_streamed_split_is_named_not_passed_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A split that streams its records (shards) cannot be compared: the report and the log name it."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(())
+
+    datasets = build_two(write_two_datasets(tmp_path))
+    datasets["streamed"] = {"train": Stream(), "val": Stream()}
+    with caplog.at_level("WARNING", logger="facegpt"):
+        report = hold_out_across_datasets(datasets)
+    assert report.unchecked == ["streamed.val", "streamed.train"]
+    assert "streamed.val, streamed.train stream(s) records without listing them" in caplog.text
+    assert report.removed["sharegpt_face"].records_removed > 0, "the listed datasets are still compared"
