@@ -1,7 +1,8 @@
 """``run.strategy: fsdp`` (PyTorch FSDP2) on two gloo CPU processes, tiny MiniGPT-v2, full fine-tune of its LLM.
 
-Two ``torchrun --nproc_per_node 2`` runs train the same 10 iterations, one under DDP and one under FSDP, with
-validation on uneven per-rank shares and a checkpoint every 2 iterations. The tests compare the two runs (losses,
+Two ``torchrun --nproc_per_node 2`` runs train the same 10 iterations (5 optimizer steps of 2 accumulated
+micro-batches), one under DDP and one under FSDP, with validation on uneven per-rank shares and a checkpoint every 2
+iterations. The tests compare the two runs (losses,
 validation loss, weights, checkpoint keys), load the FSDP checkpoint the way chat does, and SIGKILL a third FSDP
 run (its whole process group) after its first checkpoint, resume it with ``run.resume_ckpt_path=auto`` and compare
 its final weights with the uninterrupted FSDP run's.
@@ -38,8 +39,8 @@ from minigpt4.runners.settings import check_run_settings
 TINY_V2 = REPO / "train_configs" / "tiny_minigpt_v2.yaml"
 STEPS = 10
 COMMON = ("model.freeze_llm=False", "model.lora_r=0", "run.max_epoch=1", f"run.iters_per_epoch={STEPS}",
-          "run.save_every_iters=2", "run.keep_last_k=2", "run.deterministic=True", "run.init_lr=1e-3",
-          "run.log_freq=1")
+          "run.accum_grad_iters=2", "run.save_every_iters=2", "run.keep_last_k=2", "run.deterministic=True",
+          "run.init_lr=1e-3", "run.log_freq=1")
 
 
 def torchrun_cmd(*args: str) -> List[str]:
@@ -169,7 +170,8 @@ def test_fsdp_losses_and_weights_equal_ddp(parity_runs: Path) -> None:
     ddp, sharded = _records(parity_runs / "ddp", "train"), _records(parity_runs / "fsdp", "train")
     assert [r["global_step"] for r in sharded] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in sharded] == pytest.approx([r["loss"] for r in ddp], rel=1e-5)
-    assert [r["grad_norm"] for r in sharded] == pytest.approx([r["grad_norm"] for r in ddp], rel=1e-5)
+    norms_ddp = [r["grad_norm"] for r in ddp if r["grad_norm"] is not None]  # none before the first step
+    assert [r["grad_norm"] for r in sharded if r["grad_norm"] is not None] == pytest.approx(norms_ddp, rel=1e-5)
     assert ddp[0]["loss"] > ddp[-1]["loss"], "the run learns"
     val_ddp, val_fsdp = _records(parity_runs / "ddp", "val"), _records(parity_runs / "fsdp", "val")
     assert val_ddp[0]["val_samples"] % 2 == 1, "uneven validation shares: one rank runs an extra batch"
@@ -197,7 +199,8 @@ def test_fsdp_checkpoint_has_the_ddp_keys_and_loads_for_chat(parity_runs: Path) 
     assert opt_fsdp["state"].keys() == opt_ddp["state"].keys(), "optimizer state by parameter index, as DDP's"
     assert [g["params"] for g in opt_fsdp["param_groups"]] == [g["params"] for g in opt_ddp["param_groups"]]
     for i, moments in opt_ddp["state"].items():
-        torch.testing.assert_close(opt_fsdp["state"][i]["exp_avg_sq"], moments["exp_avg_sq"], rtol=1e-5, atol=0)
+        # squared gradients ~1e-12: accumulation sums the micro-batches in another order (differences ~1e-16)
+        torch.testing.assert_close(opt_fsdp["state"][i]["exp_avg_sq"], moments["exp_avg_sq"], rtol=1e-5, atol=1e-14)
 
     from minigpt4.api import load_model
 
