@@ -129,10 +129,6 @@ def fsdp_modules(model: nn.Module) -> List[FSDPModule]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
-
-
 @contextlib.contextmanager
 def unsharded(model: nn.Module) -> Iterator[None]:
     """Hold every parameter gathered on every rank for the block (validation): forwards then need no collective.
