@@ -416,6 +416,10 @@ def render(manifest: Dict[str, Any], out: Path) -> str:
     for kind, examples in manifest["examples"].items():
         if examples:
             lines.append(f"  first {kind.replace('_', ' ')}: {examples[0]}")
+    duplicates = sum(manifest.get("exact_duplicates", {}).values())
+    if duplicates:
+        lines.append(f"kept {duplicates} exact duplicate record(s) (first: {manifest['exact_duplicate_example']}); "
+                     "--one-per-image or facegpt-data clean removes them")
     lines.append(f"manifest: {out / MANIFEST}")
     if manifest["pattern"]:
         lines.append(f"config: build_info.shards: {out / manifest['pattern']}")

@@ -19,7 +19,7 @@ from minigpt4.datasets.builders import DatasetConfigError  # noqa: E402
 from minigpt4.datasets.datasets.collate import SkippedSample  # noqa: E402
 from minigpt4.datasets.shards import ShardError, expand_shard_spec, shard_order, slot_parts  # noqa: E402
 from minigpt4.tools.data import main as data_main  # noqa: E402
-from minigpt4.tools.data_shards import PackError, parse_size  # noqa: E402
+from minigpt4.tools.data_shards import PackError, parse_size, render  # noqa: E402
 from shard_support import json_builders, pack_root, shard_builder, shard_spec, write_face_root  # noqa: E402
 
 
@@ -178,6 +178,7 @@ def test_exact_duplicates_are_noted_and_one_per_image_keeps_the_first_record_of_
     manifest = pack_root(root, tmp_path / "shards")
     assert manifest["exact_duplicates"] == {str(share): 1} and manifest["records"] == 33
     assert "record #12 repeats the record at pack position" in manifest["exact_duplicate_example"]
+    assert "kept 1 exact duplicate record(s) (first: " in render(manifest, tmp_path / "shards")
     shard_builder(shard_spec(tmp_path / "shards", manifest)).build_datasets()
     assert "exact duplicate records (same image and turns" in caplog.text
     assert "1 in subset_objects_gpt4vision_100k.json; first: " in caplog.text
