@@ -1,6 +1,6 @@
 """On a CUDA machine: does FaceGPT work at full size, how fast, and what does the precision policy do.
 
-Two sections (``--sections``, both by default):
+Three sections (``--sections``, all by default):
 
 **precision** — for each (config, ``run.precision``) a few iterations through ``train.py``'s own path (task,
 runner, train loop): the autocast dtype seen inside the LLM forward and the vision-tower forward (forward pre-hooks
@@ -25,6 +25,9 @@ inside the LLM and tower forwards and whether a GradScaler is used (checked: bf1
 generation (the model's ``generate_ids``, 64 new tokens, stop rules off) at batch 1 and 8: tokens/s. Sized to
 finish within 8 minutes on one H100 (most of it writing and loading the random 7B weights; not yet timed on one);
 ``--tiny`` runs both sections on CPU at tiny sizes (this script's test).
+
+**cuda-tests** — the test suite's CUDA-only tests (``pytest -k cuda``, slow ones included: autocast inside the
+forwards on CUDA, FSDP2 over NCCL in bf16 against DDP, fp16 with the sharded GradScaler), which CPU CI skips.
 
     python benchmarks/gpu_check.py --out gpu_check.json          # CUDA: both sections
     python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check.json  # CPU, tiny, about a minute
@@ -97,8 +100,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true",
                         help="everything on CPU at tiny sizes (the test of this script): precision checks in bf16, "
                              "the acceptance benchmark with the tiny model")
-    parser.add_argument("--sections", nargs="+", default=["precision", "acceptance"],
-                        choices=["precision", "acceptance"], help="what to run (default: both)")
+    parser.add_argument("--sections", nargs="+", default=["precision", "acceptance", "cuda-tests"],
+                        choices=["precision", "acceptance", "cuda-tests"], help="what to run (default: all)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's bf16 dense peak in TFLOPs for MFU (default: from the device name)")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -622,12 +625,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report["acceptance"] = result
         elif "acceptance" in args.sections:
             print("acceptance benchmark skipped: it runs on a CUDA device (or at tiny size with --tiny)")
+        if "cuda-tests" in args.sections and device.type == "cuda":
+            report["cuda_tests"] = cuda_tests()
+            status = status or (0 if report["cuda_tests"]["exit_status"] == 0 else 1)
+        elif "cuda-tests" in args.sections:
+            print("CUDA tests skipped: they need a CUDA device")
     report["seconds"] = time.perf_counter() - started
     print(f"total {report['seconds']:.0f} s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return status
+
+
+def cuda_tests() -> Dict[str, Any]:
+    """Run the suite's CUDA-only tests (``-k cuda``, slow included); their summary line and exit status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "", "-k", "cuda", "-rs", "tests"]
+    print("\nCUDA tests: " + " ".join(cmd[1:]), flush=True)
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    summary = lines[-1] if lines else done.stderr.strip()[-500:]
+    print(f"CUDA tests: {summary} (exit status {done.returncode})", flush=True)
+    return {"summary": summary, "exit_status": done.returncode}
 
 
 def precision_checks(args: argparse.Namespace, tmp: Path) -> List[Result]:

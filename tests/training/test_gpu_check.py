@@ -71,3 +71,12 @@ def test_full_size_dimensions_are_llama2_7b_eva_g_448_lora_64() -> None:
     lora = 32 * 2 * 2 * 4096 * 64
     assert model.count_parameters()["trainable"] == lora + 5632 * 4096 + 4096
     assert (full.seq_len, full.batches, full.gen_batches) == (1024, (1, 4), (1, 8))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks what a machine without CUDA prints")
+def test_cuda_tests_section_says_it_was_skipped_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gpu_check = load_gpu_check()
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--tiny", "--sections", "cuda-tests", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert "CUDA tests skipped: they need a CUDA device" in capsys.readouterr().out
+    assert "cuda_tests" not in json.loads(out.read_text())
