@@ -5,6 +5,8 @@ into ``<output_dir>/<job_name>/<run_id>/`` (a relative ``output_dir`` is resolve
 directory — upstream put it inside the installed package folder):
 
 * ``config.yaml`` — the resolved config; ``train.log`` — the log of rank 0;
+* ``heldout_report.json`` — what the cross-dataset held-out step removed from each training split
+  (:mod:`minigpt4.datasets.identity`);
 * ``checkpoint_<e>.pth`` / ``checkpoint_<e>_<iter>.pth`` + ``trainer_state_*.pt`` + ``checkpoint_latest.json``
   (see :mod:`minigpt4.runners.checkpointing`), ``checkpoint_best.pth`` (lowest validation loss);
 * ``metrics.jsonl`` (one JSON line per logged step / validation), ``loss_curve.png``, ``tensorboard/``;
@@ -220,6 +222,9 @@ class RunnerBase:
         if config_path.exists():
             config_path.replace(self.run_dir / f"config.before_{time.strftime('%Y%m%d%H%M%S')}.yaml")
         self.config.to_yaml(config_path)
+        heldout = getattr(self.task, "heldout_report", None)
+        if heldout is not None:
+            atomic_write_json(heldout.as_dict(), self.run_dir / "heldout_report.json")
         if self.resumed_from is not None:
             dropped = truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
             if dropped:

@@ -86,3 +86,24 @@ def test_ddp_ranks_pass_over_an_iteration_together_when_one_rank_has_an_empty_ba
     assert summary["ranks_in_sync"] is True and summary["rank_param_max_abs_diff"] == 0.0
     assert summary["skipped_batches"] == 1 and summary["skipped_images"] == 2
     assert summary["optimizer_steps"] == 1 and summary["samples_seen"] == 4
+
+
+def test_the_run_folder_keeps_the_held_out_report(tmp_path: Path) -> None:
+    """What the cross-dataset held-out step removed is written next to config.yaml, as the task built it."""
+    import torch
+
+    from minigpt4.datasets.identity import DatasetRemoval, HeldOutReport
+    from minigpt4.runners.runner_base import RunnerBase
+    from train_doubles import RegressionModel
+    from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
+
+    cfg = make_config(tmp_path, {"a": {"batch_size": 2}}, max_epoch=1, iters_per_epoch=1, **CONSTANT_LR)
+    task = ImageTextPretrainTask()
+    task.heldout_report = HeldOutReport(held_out_images={"b": 3}, removed={
+        "a": DatasetRemoval(records_before=8, records_removed=2, images_removed=1, by_content=1, held_out_by={"b": 1})})
+    torch.manual_seed(0)
+    runner = RunnerBase(cfg, task, RegressionModel(), {"a": {"train": RegressionDataset(8, seed=5)}}, job_id="job")
+    runner.train()
+    saved = json.loads((runner.run_dir / "heldout_report.json").read_text())
+    assert saved == json.loads(json.dumps(task.heldout_report.as_dict()))
+    assert saved["records_removed"] == 2 and saved["removed"]["a"]["held_out_by"] == {"b": 1}
