@@ -200,7 +200,10 @@ class _Validator:
                     msg += f" Did you mean {hint!r}?"
                     fix = f"{prefix}.{hint}={_cli_value(data[key])}"
                 self.add(f"{prefix}.{key}", msg, data[key], fix)
+        streamed = "shards" in fields and not _is_unset(data.get("shards"))  # a shard-backed build_info
         for name, f in fields.items():
+            if streamed and f.metadata.get("path"):
+                continue  # ann_path / image_path are not read when the data streams from shards
             self.check_field(schema, f, data.get(name, _ABSENT), f"{prefix}.{name}")
 
     def check_field(self, schema: Type, f: dataclasses.Field, value: Any, key: str) -> None:
