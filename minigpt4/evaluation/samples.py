@@ -59,13 +59,23 @@ def heldout_samples(cfg: Any) -> List[EvalSample]:
                             "split; give a train config, or score a file with --data FILE")
     built = setup_task(cfg).build_datasets(cfg)
     samples: List[EvalSample] = []
+    streamed: List[str] = []
     for name, splits in built.items():
         for split, dataset in splits.items():
             records = getattr(dataset, "annotation", None)
+            if split != "train" and records is None:
+                streamed.append(f"{name}.{split}")  # read from shards: no record list to score
             if split == "train" or not records or not isinstance(records[0], Record):
                 continue
             samples += [_sample(f"{name}.{split}", rec, dataset.image_path(i)) for i, rec in enumerate(records)]
             logger.info("held-out split %s/%s: %d record(s)", name, split, len(records))
+    if streamed:
+        logger.warning("held-out split(s) %s stream from shards and are not scored; score the JSON file they were "
+                       "packed from with --data FILE", ", ".join(streamed))
+    if not samples and streamed:
+        raise EvalDataError(f"{getattr(cfg, 'source', 'the config')}: the held-out split(s) {', '.join(streamed)} "
+                            "stream from shards (build_info.val_shards), which cannot be scored; score the JSON file "
+                            "they were packed from with --data FILE")
     if not samples:
         names = ", ".join(f"datasets.{n}.split.val_fraction" for n in built)
         raise EvalDataError(f"{getattr(cfg, 'source', 'the config')}: no held-out split among its datasets "

@@ -50,3 +50,25 @@ def test_tiny_v2_trains_from_shards_and_validates_on_val_shards(tiny_files: Dict
     assert val and val[-1]["val_samples"] == sets["g_val"]["records"] > 0
     saved = (run_dir / "config.yaml").read_text()
     assert spec["g_train"] in saved and spec["g_val"] in saved, "the run's config names its shard sets"
+
+
+def test_facegpt_eval_says_a_shard_streamed_held_out_split_cannot_be_scored(
+        tiny_files: Dict[str, str], facegpt_data_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The only held-out split streams from val shards: one line naming it and what to score instead."""
+    from minigpt4.tools import evaluate
+
+    train_data = facegpt_data_env  # sharegpt_face still reads its JSON lists (no held-out split there)
+    split = tmp_path / "split"
+    assert data.main(["split", "--root", str(train_data), "--out-dir", str(split), "--val-fraction", "0.25"]) == 0
+    gpt = train_data / "GPT4VisionData" / "Images"
+    train_set = _pack(sorted(split.glob("gpt4Vision*.train.json")), gpt, tmp_path / "g_train")
+    val_set = _pack(sorted(split.glob("gpt4Vision*.val.json")), gpt, tmp_path / "g_val")
+    options = tiny_options("minigpt_v2", tiny_files, tmp_path, "datasets.facegpt4vision.split.val_fraction=0",
+                           f"datasets.facegpt4vision.build_info.shards={tmp_path / 'g_train' / train_set['pattern']}",
+                           f"datasets.facegpt4vision.build_info.val_shards={tmp_path / 'g_val' / val_set['pattern']}",
+                           "datasets.sharegpt_face.split.val_fraction=0")
+    capsys.readouterr()
+    status = evaluate.main(["--cfg-path", str(TINY_V2), "--options", *options, "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "facegpt4vision.val" in err and "stream from shards" in err and "--data FILE" in err
