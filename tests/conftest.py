@@ -48,3 +48,19 @@ def synth_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("facegpt_data")
     assert data.main(["synth", "--out", str(root), "--n", "24", "--seed", "0"]) == 0
     return root
+
+
+@pytest.fixture(autouse=True)
+def restore_package_logging():
+    """Each test starts with the package logger as the session had it: an entry point's ``setup_logging`` (console
+    handler, level, propagation) in one test must not add log lines to the stderr another test checks."""
+    import logging
+
+    from minigpt4.common.logger import ROOT
+
+    package = logging.getLogger(ROOT)
+    state = (list(package.handlers), package.level, package.propagate)
+    yield
+    package.handlers[:] = state[0]
+    package.setLevel(state[1])
+    package.propagate = state[2]
