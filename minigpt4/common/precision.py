@@ -14,8 +14,9 @@ half precision or in fp32 (:func:`storage_precision`):
 * ``fp16`` or ``bf16`` means "half precision, in the run's compute dtype": bf16 under bf16 autocast (fp16 storage
   under bf16 compute would lose precision for nothing), fp16 under fp16 autocast, and fp32 when the run computes
   in fp32 (half weights cannot run without autocast);
-* a trainable vision tower (``freeze_vit: False``) is stored in fp32, as upstream; trainable parameters (the
-  projection, LoRA, a trainable tower) are always fp32 (the runner casts them).
+* a trainable vision tower (``freeze_vit: False``) is stored in fp32, as upstream, and so is a fully trained LLM
+  (``freeze_llm: False``); trainable parameters (the projection, LoRA, a trainable tower) are always fp32 (the
+  runner casts them).
 
 :func:`configure_model_precision` applies that rule: given a config and the device, it returns the policy and
 rewrites ``model.llm_precision`` / ``model.vit_precision`` to the storage they resolve to (with a note in the log
@@ -148,7 +149,8 @@ class FrozenStorage:
 
 def frozen_storage(model_cfg: Any, policy: PrecisionPolicy) -> FrozenStorage:
     """The storage of a model section's frozen weights under ``policy`` (see the module docstring)."""
-    llm = storage_precision(_get(model_cfg, "llm_precision", "fp16"), policy)
+    trainable_llm = not bool(_get(model_cfg, "freeze_llm", True))  # a full fine-tune: fp32 master weights
+    llm = "fp32" if trainable_llm else storage_precision(_get(model_cfg, "llm_precision", "fp16"), policy)
     trainable_vit = not bool(_get(model_cfg, "freeze_vit", True))
     vit = "fp32" if trainable_vit else storage_precision(_get(model_cfg, "vit_precision", "fp16"), policy)
     from minigpt4.models.llm import resolve_quantization  # a model-side rule; imported late (no import cycle)

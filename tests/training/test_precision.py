@@ -56,6 +56,9 @@ EXPECTED: Dict[str, Dict[str, Cell]] = {
     "train_configs/minigpt4_stage2_finetune_gpt4vision.yaml": HALF,
     "train_configs/tiny_minigpt_v2.yaml": FP32_WEIGHTS,
     "train_configs/tiny_minigpt4.yaml": FP32_WEIGHTS,
+    "train_configs/minigptv2_full_finetune_fsdp.yaml": {"bf16_gpu": ("bf16", False, "LLM fp32, vision tower bf16"),
+                                                        "fp16_gpu": ("fp16", True, "LLM fp32, vision tower fp16"),
+                                                        "cpu": ("fp32", False, "LLM fp32, vision tower fp32")},
     "train_configs/demo_smollm2.yaml": BF16_FP32_WEIGHTS,
     "eval_configs/facegpt_v2_eval.yaml": HALF,
     "eval_configs/facegpt_v1_eval.yaml": HALF,
@@ -146,6 +149,13 @@ def test_trainable_tower_and_8bit_llm_storage() -> None:
     storage = frozen_storage({"vit_precision": "fp16", "freeze_vit": False, "low_resource": True}, policy)
     assert storage == FrozenStorage(llm="bf16", vit="fp32", llm_quant="8bit")
     assert str(storage) == "LLM int8 + bf16, vision tower fp32"
+
+
+def test_a_fully_trained_llm_is_stored_in_fp32_under_any_policy() -> None:
+    """``freeze_llm: False`` trains every LLM weight: AdamW must update fp32 weights, never half-precision storage."""
+    for name in ("bf16", "fp16"):
+        storage = frozen_storage({"llm_precision": "fp16", "freeze_llm": False}, PrecisionPolicy(name, "cuda"))
+        assert storage.llm == "fp32" and storage.vit == name
 
 
 def test_4bit_llm_storage_is_named_in_the_log_line() -> None:
