@@ -49,8 +49,6 @@ HALF_8BIT = {"bf16_gpu": ("bf16", False, "LLM int8 + bf16, vision tower bf16"),
 FP32_WEIGHTS = {"bf16_gpu": ("bf16", False, "LLM fp32, vision tower fp32"),
                 "fp16_gpu": ("fp16", True, "LLM fp32, vision tower fp32"),
                 "cpu": ("fp32", False, "LLM fp32, vision tower fp32")}
-BF16_FP32_WEIGHTS = {"bf16_gpu": ("bf16", False, "LLM fp32, vision tower fp32"), "fp16_gpu": None,
-                     "cpu": ("bf16", False, "LLM fp32, vision tower fp32")}
 EXPECTED: Dict[str, Dict[str, Cell]] = {
     "train_configs/minigptv2_finetune_gpt4vision.yaml": HALF,
     "train_configs/minigpt4_stage2_finetune_gpt4vision.yaml": HALF,
@@ -59,7 +57,7 @@ EXPECTED: Dict[str, Dict[str, Cell]] = {
     "train_configs/minigptv2_full_finetune_fsdp.yaml": {"bf16_gpu": ("bf16", False, "LLM fp32, vision tower bf16"),
                                                         "fp16_gpu": ("fp16", True, "LLM fp32, vision tower fp16"),
                                                         "cpu": ("fp32", False, "LLM fp32, vision tower fp32")},
-    "train_configs/demo_smollm2.yaml": BF16_FP32_WEIGHTS,
+    "train_configs/demo_smollm2.yaml": FP32_WEIGHTS,
     "eval_configs/facegpt_v2_eval.yaml": HALF,
     "eval_configs/facegpt_v1_eval.yaml": HALF,
     "eval_configs/minigptv2_eval.yaml": HALF_8BIT,
