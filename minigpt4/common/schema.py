@@ -141,6 +141,10 @@ class ModelConfig:
     # FaceGPT: the system turn for tokenizer_chat_template; null/empty = the chat template's own default
     system_prompt: Optional[str] = None
 
+    # FaceGPT: the scale of the projected image tokens; match_text rescales each to the mean norm of the LLM's token
+    # embeddings (no parameters; none = upstream)
+    image_token_scale: str = choice_field("none", ["none", "match_text"], help="scale of the projected image tokens")
+
     # LoRA (MiniGPT-v2)
     lora_r: int = 0
     lora_alpha: int = 16

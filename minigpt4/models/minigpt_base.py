@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -181,8 +182,17 @@ class MiniGPTBase(GenerationMixin, nn.Module):
             image = image.reshape(-1, *image.shape[-3:])  # (B, T, 3, S, S) -> (B*T, 3, S, S)
         feats = self.ln_vision(self.visual_encoder(image.to(self.device)))  # (B, 1+N, D)
         embeds = self.llama_proj(self.image_tokens(feats))  # (B, n, F) -> (B, n, H)
+        if self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' mean norm
+            embeds = F.normalize(embeds, dim=-1) * self.text_embedding_norm()
         atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, n)
         return embeds, atts
+
+    def text_embedding_norm(self) -> float:
+        """Mean L2 norm of the LLM's input token embeddings (frozen: computed once)."""
+        if getattr(self, "_text_norm", None) is None:
+            with torch.no_grad():
+                self._text_norm = float(self.llama_model.get_input_embeddings().weight.float().norm(dim=-1).mean())
+        return self._text_norm
 
     def image_tokens(self, feats: torch.Tensor) -> torch.Tensor:
         """Vision features after ``ln_vision`` → the tokens ``llama_proj`` takes (the connector's output)."""

@@ -234,3 +234,18 @@ def test_model_opens_no_autocast_of_its_own(tiny_model: Callable[..., Any]) -> N
     assert seen == [(False, torch.bfloat16), (True, torch.bfloat16)]
     assert not hasattr(model, "maybe_autocast")
     assert model.llama_model.get_input_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_image_token_scale_match_text_puts_every_image_token_at_the_text_embeddings_norm(tiny_model) -> None:
+    """``model.image_token_scale: match_text`` rescales each projected token (direction kept); ``none`` (the default,
+    upstream's) leaves them as ``llama_proj`` gives them."""
+    plain, scaled = tiny_model("minigpt_v2"), tiny_model("minigpt_v2", image_token_scale="match_text")
+    images = torch.randn(2, 3, plain.cfg.image_size, plain.cfg.image_size)
+    with torch.no_grad():
+        raw, _ = plain.encode_img(images)  # (B, N, H)
+        out, _ = scaled.encode_img(images)
+        text = plain.llama_model.get_input_embeddings().weight.norm(dim=-1).mean()
+    assert not torch.allclose(raw.norm(dim=-1), text.expand(raw.shape[:-1]), rtol=1e-2), "the test needs a gap"
+    torch.testing.assert_close(out.norm(dim=-1), text.expand(out.shape[:-1]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.nn.functional.normalize(out, dim=-1), torch.nn.functional.normalize(raw, dim=-1),
+                               rtol=1e-5, atol=1e-5)
