@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from minigpt4.common.errors import UserError
+from minigpt4.common.jsonl import read_result_lines
 from minigpt4.common.logger import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -252,19 +253,7 @@ def check_images(questions: Iterable[Question]) -> None:
 # ------------------------------------------------------------------------------------------- predictions file
 def _read_predictions(path: Path) -> List[Dict[str, Any]]:
     """The answered lines of an earlier run (a line cut by a kill is left out and answered again)."""
-    rows = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, 1):
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError:
-                if text.strip():
-                    logger.warning("%s:%d is not a JSON line (cut by an interrupted run?); its question is answered "
-                                   "again", path, number)
-                continue
-            if isinstance(row, dict) and "key" in row and "answer" in row:
-                rows.append(row)
-    return rows
+    return read_result_lines(path, ("key", "answer"), "question")
 
 
 def _kept_rows(path: Path, questions: Sequence[Question],

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from minigpt4.common.jsonl import read_result_lines
 from minigpt4.common.logger import get_logger
 from minigpt4.evaluation.samples import EvalSample
 
@@ -32,17 +33,8 @@ class PredictionLog:
             self._read(path)
 
     def _read(self, path: Path) -> None:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for number, text in enumerate(handle, 1):
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError:
-                    if text.strip():
-                        logger.warning("%s:%d is not a JSON line (cut by an interrupted run?); its sample is "
-                                       "answered again", path, number)
-                    continue
-                if isinstance(row, dict) and "checkpoint" in row and "id" in row and "answer" in row:
-                    self.rows[(str(row["checkpoint"]), str(row["id"]))] = row
+        for row in read_result_lines(path, ("checkpoint", "id", "answer"), "sample"):
+            self.rows[(str(row["checkpoint"]), str(row["id"]))] = row
 
     def has(self, checkpoint: str, sample_id: str) -> bool:
         """Whether this sample is already answered for this checkpoint."""

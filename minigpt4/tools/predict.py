@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from minigpt4.common.errors import UserError, run_main
+from minigpt4.common.jsonl import read_result_lines
 from minigpt4.common.logger import get_logger
 from minigpt4.conversation.generation import GenerationSettings
 
@@ -141,21 +142,7 @@ def read_records(path: Path, image_root: Path) -> Tuple[List[Record], List[Skipp
 
 def finished_ids(path: Path) -> set:
     """Ids already answered in the output file (unreadable lines, e.g. one cut by a crash, are ignored)."""
-    done = set()
-    if not path.is_file():
-        return done
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, 1):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                if text.strip():
-                    logger.warning("%s:%d is not a JSON line; ignored (its id, if any, is answered again)", path,
-                                   number)
-                continue
-            if isinstance(data, dict) and "id" in data:
-                done.add(id_key(data["id"]))
-    return done
+    return {id_key(row["id"]) for row in read_result_lines(path, ("id",), "id")}
 
 
 # ------------------------------------------------------------------------------------------- running
