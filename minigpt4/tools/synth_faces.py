@@ -162,6 +162,22 @@ def _brows(draw: ImageDraw.ImageDraw, cx: float, ey: float, dx: float, r: float,
         draw.line(pts, fill=(30, 20, 15), width=lw)
 
 
+def _eyes_brows_mouth(draw: ImageDraw.ImageDraw, size: int, cx: float, cy: float, fw: float, fh: float,
+                      expression: str) -> Tuple[float, float, float]:
+    """Eyes, eyebrows and mouth of a face centred at ``(cx, cy)`` with half sizes ``fw`` x ``fh``; returns the eye
+    line, the eyes' half distance and the eye radius. The expression is drawn bold (wide mouth, thick strokes) so it
+    survives the demo's 112 px input."""
+    lw = max(2, size // 45)
+    ey, dx, r = cy - fh * 0.2, fw * 0.42, fw * 0.1
+    for side in (-1, 1):
+        x = cx + side * dx
+        draw.ellipse([x - r * 1.6, ey - r, x + r * 1.6, ey + r], fill=(250, 250, 250))
+        draw.ellipse([x - r * 0.7, ey - r * 0.7, x + r * 0.7, ey + r * 0.7], fill=(40, 30, 60))
+    _brows(draw, cx, ey, dx, r, expression, 2 * lw)
+    _mouth(draw, cx, cy + fh * 0.45, fw * 0.62, expression, 2 * lw + 1)
+    return ey, dx, r
+
+
 def _face(draw: ImageDraw.ImageDraw, size: int, attrs: Dict[str, str], rng: random.Random) -> None:
     fw = size * rng.uniform(0.30, 0.38)  # half width of the face
     fh = fw * rng.uniform(1.15, 1.3)
@@ -169,15 +185,7 @@ def _face(draw: ImageDraw.ImageDraw, size: int, attrs: Dict[str, str], rng: rand
     cy = size / 2 + rng.uniform(-0.04, 0.08) * size
     draw.ellipse([cx - fw * 1.05, cy - fh * 1.08, cx + fw * 1.05, cy - fh * 0.1], fill=rng.choice(HAIR))
     draw.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=_jitter(FITZPATRICK[attrs["fitzpatrick"]], rng, 5))
-    lw = max(2, size // 45)
-    ey, dx, r = cy - fh * 0.2, fw * 0.42, fw * 0.1
-    for side in (-1, 1):
-        x = cx + side * dx
-        draw.ellipse([x - r * 1.6, ey - r, x + r * 1.6, ey + r], fill=(250, 250, 250))
-        draw.ellipse([x - r * 0.7, ey - r * 0.7, x + r * 0.7, ey + r * 0.7], fill=(40, 30, 60))
-    # expression is drawn bold (wide mouth, thick strokes) so it survives the demo's 112 px input
-    _brows(draw, cx, ey, dx, r, attrs["expression"], 2 * lw)
-    _mouth(draw, cx, cy + fh * 0.45, fw * 0.62, attrs["expression"], 2 * lw + 1)
+    _eyes_brows_mouth(draw, size, cx, cy, fw, fh, attrs["expression"])
 
 
 def _scene(draw: ImageDraw.ImageDraw, size: int, rng: random.Random) -> None:
@@ -262,13 +270,7 @@ def _extended_face(img: Image.Image, size: int, attrs: Dict[str, str], rng: rand
     draw.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=_jitter(FITZPATRICK[attrs["fitzpatrick"]], rng, 5))
     draw.chord([cx - fw, cy - fh, cx + fw, cy - fh * 0.2], 180, 360, fill=hair)  # fringe over the forehead
     lw = max(2, size // 45)
-    ey, dx, r = cy - fh * 0.2, fw * 0.42, fw * 0.1
-    for side in (-1, 1):
-        x = cx + side * dx
-        draw.ellipse([x - r * 1.6, ey - r, x + r * 1.6, ey + r], fill=(250, 250, 250))
-        draw.ellipse([x - r * 0.7, ey - r * 0.7, x + r * 0.7, ey + r * 0.7], fill=(40, 30, 60))
-    _brows(draw, cx, ey, dx, r, attrs["expression"], 2 * lw)
-    _mouth(draw, cx, cy + fh * 0.45, fw * 0.62, attrs["expression"], 2 * lw + 1)
+    ey, dx, r = _eyes_brows_mouth(draw, size, cx, cy, fw, fh, attrs["expression"])
     _accessory(draw, cx, cy, fw, fh, ey, dx, r, attrs["accessory"], lw + 1)
     # PIL turns counter-clockwise for a positive angle: the top of the head goes to the image's left
     angle = {"upright": rng.uniform(-4, 4), "left": rng.uniform(18, 28), "right": -rng.uniform(18, 28)}[attrs["tilt"]]
