@@ -113,3 +113,27 @@ def test_rank_mode_of_the_command_line_keeps_the_loss_ranking_table(tiny_llama_d
     assert {"Human or not", "Fitzpatrick"} <= names and all(r["n"] == 1 for r in report["sections"])
     assert "Facial Characteristics Long" in report["skipped"]  # free text: not ranked
     assert "question type" in capsys.readouterr().out
+
+
+def test_rank_mode_reads_the_checkpoint_given_with_ckpt(tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """``--ckpt`` reaches rank mode (it once scored the config's model and ignored the flag): a checkpoint of another
+    model is refused, and so are two checkpoints."""
+    from minigpt4.common.checkpoint_io import atomic_torch_save
+    from minigpt4.common.config import load_config
+    from minigpt4.tools import evaluate
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    cfg = Path(__file__).resolve().parents[1] / "train_configs" / "tiny_minigpt_v2.yaml"
+    options = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}"]
+    config = load_config(cfg, options).to_dict()
+    config["model"]["arch"] = "minigpt4"
+    other = atomic_torch_save({"model": {}, "config": config}, tmp_path / "v1.pth")
+    base = ["--cfg-path", str(cfg), "--options", *options, "--mode", "rank", "--max-per-section", "1", "--device",
+            "cpu"]
+    assert evaluate.main([*base, "--ckpt", str(other)]) == 2
+    assert "minigpt4" in capsys.readouterr().err
+    assert evaluate.main([*base, "--ckpt", str(other), "--ckpt", str(other)]) == 2
+    assert "one checkpoint" in capsys.readouterr().err

@@ -129,7 +129,11 @@ def run_rank(args: argparse.Namespace) -> int:
     from minigpt4.common.config import load_config
     from minigpt4.common.registry import registry
 
-    cfg = load_config(args.cfg_path, args.options, checkpoint_config=True)  # the checkpoint's model section
+    if len(args.ckpt) > 1:
+        raise EvalSetupError(f"--mode rank scores one checkpoint; got {len(args.ckpt)} --ckpt flags (run it once per "
+                             "checkpoint)")
+    options = [*args.options, *(f"model.ckpt={c}" for c in args.ckpt)]
+    cfg = load_config(args.cfg_path, options, checkpoint_config=True)  # the checkpoint's model section
     if args.dataset not in cfg.datasets:
         raise EvalSetupError(f"--dataset {args.dataset!r} is not in the config's datasets: {list(cfg.datasets)}")
     splits = registry.get_builder_class(args.dataset)(cfg.datasets[args.dataset]).build_datasets()
