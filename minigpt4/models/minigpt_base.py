@@ -33,6 +33,7 @@ from minigpt4.models.connectors import optional_path as _optional_path
 from minigpt4.models.generation import GenerationMixin
 from minigpt4.models.llm import enable_llm_activation_checkpointing
 from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability
+from minigpt4.models.word_align import answer_word_weights, check_word_align, word_align_loss
 from minigpt4.models.tokenizer import LLMTokenizer
 from minigpt4.prompting import IGNORE_INDEX, IMAGE_SLOT_ID, PromptError, PromptFormat, SampleEncoder
 from minigpt4.prompting.encoder import TRUNCATION_KEYS
@@ -54,6 +55,7 @@ class LLMInputs:
     labels: torch.Tensor  # (B, L) long, IGNORE_INDEX outside answers
     token_ids: torch.Tensor  # (B, L) long: token id per position, IMAGE_SLOT_ID for image embeddings
     input_lens: List[int]  # length of each condition block (without the BOS)
+    image_embeds: Optional[torch.Tensor] = None  # (B, N, H): the projected image tokens (None without images)
 
 
 class MiniGPTBase(GenerationMixin, nn.Module):
@@ -77,6 +79,7 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         self.truncation_stats: Dict[str, int] = {k: 0 for k in TRUNCATION_KEYS}
         self._instance = next(_INSTANCE_IDS)
         self.check_config(cfg)
+        check_word_align(float(cfg.get("word_align_weight", 0.0)), float(cfg.get("word_align_temperature", 0.05)))
         self.llama_model, self.llama_tokenizer = build_llm(cfg, llm_config, self.weight_sources)
         self.llm_hidden_size = int(self.llama_model.config.hidden_size)
         self.visual_encoder, self.ln_vision = build_vision(cfg, self.on_meta, self.weight_sources)
@@ -241,14 +244,50 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         embeds = self.embed_with_images(ids, img_embeds)
         self._count_truncation(batch.get("truncation") or {})
         return LLMInputs(embeds, batch["attention_mask"].to(self.device), batch["labels"].to(self.device), ids,
-                         [int(n) for n in batch["input_lens"]])
+                         [int(n) for n in batch["input_lens"]], img_embeds)
 
     def forward(self, samples: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """Training step: ``{"loss": mean cross-entropy over answer tokens}`` (unknown batch keys are ignored)."""
+        """Training step: ``{"loss": mean cross-entropy over answer tokens}`` (unknown batch keys are ignored).
+
+        With ``model.word_align_weight`` > 0 the word-alignment loss of the image tokens is added
+        (:mod:`minigpt4.models.word_align`); ``answer_loss`` and ``word_align_loss`` are then returned as well.
+        """
         inputs = self.build_llm_inputs(samples)
-        out = self.llama_model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                               labels=inputs.labels, return_dict=True)
-        return {"loss": out.loss}
+        token_losses, targets, rows = self.answer_token_losses(inputs)  # (T,) each
+        loss = token_losses.mean()
+        weight = float(self.cfg.get("word_align_weight", 0.0))
+        if weight <= 0 or inputs.image_embeds is None:
+            return {"loss": loss}
+        batch = inputs.labels.shape[0]
+        images = inputs.image_embeds.reshape(batch, -1, inputs.image_embeds.shape[-1])  # (B, N, H)
+        table = self.llama_model.get_input_embeddings().weight  # (V, H)
+        words = answer_word_weights(rows, targets, token_losses.detach(), batch, table.shape[0],
+                                    self.tokenizer.special_ids)  # (B, V)
+        align = word_align_loss(images, words, table, float(self.cfg.get("word_align_temperature", 0.05)))
+        return {"loss": loss + weight * align, "answer_loss": loss.detach(), "word_align_loss": align.detach()}
+
+    def answer_loss(self, inputs: LLMInputs) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens of ``inputs`` (the LLM's own ``labels=`` loss)."""
+        return self.answer_token_losses(inputs)[0].mean()
+
+    def answer_token_losses(self, inputs: LLMInputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per answer token: ``(cross-entropy, target id, row)``, each ``[T]``.
+
+        The same values as the LLM's own ``labels=`` loss (fp32 logits, shift by one), but the LM head runs only at
+        the positions that predict an answer token: a typical batch labels about a tenth of its positions, and the
+        head (vocab x hidden) is the largest matmul of a small LLM and the largest activation (positions x vocab
+        fp32 logits) of a large one.
+        """
+        causal_lm = self.llama_model.get_base_model() if hasattr(self.llama_model, "get_base_model") \
+            else self.llama_model  # LoRA layers stay in place: the PEFT wrapper only forwards
+        hidden = causal_lm.get_decoder()(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                         return_dict=True).last_hidden_state  # (B, L, H)
+        targets = inputs.labels[:, 1:]  # (B, L-1): position t predicts token t+1
+        keep = targets != IGNORE_INDEX  # (B, L-1)
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, vocab)
+        ids = targets[keep]  # (T,)
+        rows = torch.nonzero(keep)[:, 0]  # (T,): the row of each answer token
+        return F.cross_entropy(logits, ids, reduction="none"), ids, rows
 
     def _count_truncation(self, counts: Dict[str, Any]) -> None:
         """Add a batch's truncation counts to :attr:`truncation_stats`; log the first cut of each kind once."""
