@@ -10,9 +10,9 @@
 3. score generated answers on held-out images per question type next to chance and majority (``facegpt-eval``);
 4. ask the trained model about a held-out face through the chat front end (``demo_v2_command_line.py``).
 
-The LLM ships as a ``.gguf`` file; reading it de-quantizes every tensor (about a minute on 2 cores), so the demo
-converts it once to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in
-about a second.
+The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, about 25 s on 2
+cores) to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in about a
+second.
 
     python scripts/demo.py [--out demo_output] [--n 600] [--iters 100] [--options run.seed=1 ...]
 """
@@ -55,17 +55,9 @@ def plain_llm_folder(gguf: Path, folder: Path) -> Path:
     stamp = folder / "source.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == source and (folder / "config.json").is_file():
         return folder
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from minigpt4.models.gguf_folder import gguf_to_folder
 
-    read = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = read.config
-    if hasattr(config, "quantization_config"):  # the de-quantized weights are plain fp32 tensors
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(read.state_dict())
-    plain.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+    gguf_to_folder(gguf, folder)
     stamp.write_text(json.dumps(source) + "\n")
     return folder
 
