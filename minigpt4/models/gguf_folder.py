@@ -73,7 +73,10 @@ def gguf_state_dict(path: Path, config: Any) -> Dict[str, torch.Tensor]:
             array = unpermute_rotary(array, int(config.num_attention_heads))
         elif name.endswith("k_proj.weight"):
             array = unpermute_rotary(array, int(config.num_key_value_heads))
-        state[name] = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # plain F32 tensors come as read-only views of the file
+            array = array.copy()
+        state[name] = torch.from_numpy(array)
     if "lm_head.weight" not in state and getattr(config, "tie_word_embeddings", False):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return state
