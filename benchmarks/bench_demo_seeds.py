@@ -88,7 +88,9 @@ def summary(runs: Sequence[Dict[str, Any]]) -> str:
         entries = [r["eval"]["sections"][k] for r in runs]
         if first["kind"] != "closed":
             rouge = [e["scores"]["A"].get("rouge_l", 0.0) for e in entries]
-            lines.append(f"| {first['section']} (open-ended, ROUGE-L) | {first['n']} | {_mean_sd(rouge)} | | |")
+            sd = statistics.stdev(rouge) if len(rouge) > 1 else 0.0
+            lines.append(f"| {first['section']} (open-ended, ROUGE-L) | {first['n']} | "
+                         f"{statistics.fmean(rouge):.3f} ± {sd:.3f} | | |")
             continue
         acc = [e["scores"]["A"]["accuracy"] for e in entries]
         lines.append(f"| {first['section']} | {first['n']} | {_mean_sd(acc)} | {100 * first['chance']:.1f}% | "
