@@ -274,19 +274,19 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         """Per answer token: ``(cross-entropy, target id, row)``, each ``[T]``.
 
         The same values as the LLM's own ``labels=`` loss (fp32 logits, shift by one), but the LM head runs only at
-        the positions that predict an answer token: a typical batch labels about a tenth of its positions, and the
-        head (vocab x hidden) is the largest matmul of a small LLM and the largest activation (positions x vocab
-        fp32 logits) of a large one.
+        the positions where some row of the batch predicts an answer token (``logits_to_keep``): the head (vocab x
+        hidden) is the largest matmul of a small LLM and its logits (positions x vocab, fp32) the largest
+        activation of a large one.
         """
-        causal_lm = self.llama_model.get_base_model() if hasattr(self.llama_model, "get_base_model") \
-            else self.llama_model  # LoRA layers stay in place: the PEFT wrapper only forwards
-        hidden = causal_lm.get_decoder()(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                                         return_dict=True).last_hidden_state  # (B, L, H)
         targets = inputs.labels[:, 1:]  # (B, L-1): position t predicts token t+1
         keep = targets != IGNORE_INDEX  # (B, L-1)
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (T, vocab)
-        ids = targets[keep]  # (T,)
-        rows = torch.nonzero(keep)[:, 0]  # (T,): the row of each answer token
+        positions = torch.nonzero(keep.any(dim=0))[:, 0]  # (K,): positions where some row predicts an answer token
+        out = self.llama_model(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                               logits_to_keep=positions, return_dict=True)  # through forward: hooks, autocast, FSDP
+        chosen = keep[:, positions]  # (B, K)
+        logits = out.logits[chosen].float()  # (B, K, V) -> (T, V)
+        ids = targets[:, positions][chosen]  # (T,)
+        rows = torch.nonzero(chosen)[:, 0]  # (T,): the row of each answer token
         return F.cross_entropy(logits, ids, reduction="none"), ids, rows
 
     def _count_truncation(self, counts: Dict[str, Any]) -> None:
