@@ -145,8 +145,8 @@ class ModelConfig:
     # embeddings (no parameters; none = upstream)
     image_token_scale: str = choice_field("none", ["none", "match_text"], help="scale of the projected image tokens")
     # FaceGPT: weight of the word-alignment loss on the image tokens (0 = off, upstream's loss only): each image is
-    # asked to name the words of its answers with its tokens, compared to the LLM's own token embeddings
-    # (models/word_align.py); trains the tower and projection only, without an LLM forward
+    # asked to name the words of its answers with its tokens, compared to the LLM's own token embeddings and weighted
+    # by the LLM's loss on each answer token (models/word_align.py); its gradient reaches the tower and projection only
     word_align_weight: float = 0.0
     word_align_temperature: float = 0.05  # FaceGPT: softmax temperature of the cosine similarities
 

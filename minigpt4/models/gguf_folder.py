@@ -1,9 +1,9 @@
 """A LLaMA-family ``.gguf`` file → a plain model folder (fp32 safetensors, config, tokenizer, chat template).
 
-``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`` gives the same tensors but parses the file's metadata
-several times over (about 40 s for SmolLM2-135M on 2 cores); here the tensors are read once with ``gguf``'s reader
-and de-quantized with its kernels (about 8 s), and only the config and the tokenizer come from transformers' GGUF
-support. The tensors equal transformers' conversion bit for bit (``tests/models/test_gguf_folder.py``).
+``AutoModelForCausalLM.from_pretrained(..., gguf_file=...)`` gives the same tensors but parses the file several
+times over; here the tensors are read once with ``gguf``'s reader and de-quantized with its kernels (about 8 s for
+SmolLM2-135M on 2 cores), and only the config and the tokenizer come from transformers' GGUF support (whole
+conversion, measured on a loaded machine: 36 s against 49 s). The tensors equal transformers' conversion bit for bit (``tests/models/test_gguf_folder.py``).
 """
 
 from __future__ import annotations

@@ -266,10 +266,6 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         align = word_align_loss(images, words, table, float(self.cfg.get("word_align_temperature", 0.05)))
         return {"loss": loss + weight * align, "answer_loss": loss.detach(), "word_align_loss": align.detach()}
 
-    def answer_loss(self, inputs: LLMInputs) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens of ``inputs`` (the LLM's own ``labels=`` loss)."""
-        return self.answer_token_losses(inputs)[0].mean()
-
     def answer_token_losses(self, inputs: LLMInputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per answer token: ``(cross-entropy, target id, row)``, each ``[T]``.
 
