@@ -14,6 +14,7 @@ as an earlier one).
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
@@ -172,6 +173,32 @@ def dedupe_by_image(records: List[Record]) -> Tuple[List[Record], int]:
             seen.add(key)
             kept.append(rec)
     return kept, len(records) - len(kept)
+
+
+def group_by_image(records: List[Record], seed: int) -> List[Record]:
+    """One multi-turn record per image (paths compared after ``normpath``), in order of first appearance.
+
+    Its turns are every question/answer pair of that image's records, each record's turns kept together, the
+    records in a seeded order per image (so no section always comes first). The grouped record keeps the first
+    record's source, index and id; its section is the records' common section, or ``""`` when they differ."""
+    by_image: Dict[str, List[Record]] = {}
+    for rec in records:
+        by_image.setdefault(os.path.normpath(rec.image), []).append(rec)
+    grouped: List[Record] = []
+    for key, recs in by_image.items():
+        if len(recs) == 1:
+            grouped.append(recs[0])
+            continue
+        order = list(recs)
+        random.Random(f"{seed}:{key}").shuffle(order)
+        sections = {r.section for r in recs}
+        grouped.append(recs[0]._replace(
+            questions=tuple(q for r in order for q in r.questions),
+            answers=tuple(a for r in order for a in r.answers),
+            section=sections.pop() if len(sections) == 1 else "",
+            has_image_token=any(r.has_image_token for r in recs),
+        ))
+    return grouped
 
 
 def duplicate_key(rec: Record) -> Tuple[str, Tuple[str, ...], Tuple[str, ...]]:

@@ -64,6 +64,10 @@ class ConversationDatasetConfig(DatasetConfig):
     require_image_token: bool = False  # True: a record without '<image>' in its questions is malformed
     field_map: FieldMap = field(default_factory=FieldMap)
     split: SplitConfig = field(default_factory=SplitConfig)
+    # True: the train split's records of one image train as one multi-turn sample (every question about the image,
+    # records in a seeded order), so one pass of the LLM over the image learns all its answers. Validation is kept
+    # one record per sample. max_turns then caps the grouped sample.
+    group_by_image: bool = False
     shuffle_buffer: int = 64  # build_info.shards only: samples held by the seeded in-shard shuffle (<= 1: off)
 
 

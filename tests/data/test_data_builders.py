@@ -182,6 +182,34 @@ def test_section_weights_and_stratified_split(data_root) -> None:
     assert splits["val"].vis_processor.__class__.__name__ == "Blip2ImageEvalProcessor"
 
 
+def test_group_by_image_trains_every_question_about_an_image_in_one_sample(data_root) -> None:
+    splits = build("facegpt4vision", gpt_cfg(data_root, group_by_image=True))
+    ds = splits["train"]
+    by_image = {r.image: r for r in ds.annotation}
+    assert len(ds) == len(by_image) == 5  # face_a (2 records), face_b (2), face_c, face_d, scene_a
+    a, b = by_image["synth/face_a.jpg"], by_image["synth/face_b.jpg"]
+    assert sorted(zip(a.questions, a.answers)) == [("Describe the face briefly.", "A happy face."),
+                                                   ("What facial expression does the person show?",
+                                                    "The person looks happy.")]
+    assert a.section == ""  # two sections in one sample
+    # face_b: the expression record and the two-turn Fitzpatrick record; that record's turns stay together
+    fitz = b.questions.index("Fitzpatrick type?")
+    assert b.questions[fitz + 1] == "Are you sure?" and len(b.questions) == 3
+    assert by_image["synth/face_c.jpg"].section == "Fitzpatrick"  # a single record is unchanged
+    item = ds[[r.image for r in ds.annotation].index("synth/face_b.jpg")]
+    assert len(item["conv_q"]) == len(item["conv_a"]) == 3 and PLACEHOLDER in item["conv_q"][0]
+    assert sum(PLACEHOLDER in q for q in item["conv_q"]) == 1  # the image enters once, in the first turn
+    # the order is seeded per image: the same seed gives the same samples, validation stays one record per sample
+    again = build("facegpt4vision", gpt_cfg(data_root, group_by_image=True))["train"]
+    assert again.annotation == ds.annotation
+    split = build("facegpt4vision", gpt_cfg(data_root, group_by_image=True, split={"val_fraction": 0.5, "seed": 3}))
+    assert all(len(r.questions) == 1 or r.section == "Fitzpatrick" for r in split["val"].annotation)
+    assert sum(len(r.questions) for r in split["train"].annotation) + sum(
+        len(r.questions) for r in split["val"].annotation) == 8  # every turn trains or validates once
+    with pytest.raises(DatasetConfigError, match="section_weights repeat .* set one of them"):
+        build("facegpt4vision", gpt_cfg(data_root, group_by_image=True, section_weights={"Fitzpatrick": 2.0}))
+
+
 def test_field_map_reads_flat_records(data_root, fixtures_dir) -> None:
     shutil.copy(fixtures_dir / "sections_flat.json", data_root["gpt_ann"])
     fmap = {"image": "img", "id": "uid", "question": "question", "answer": "answer"}

@@ -35,6 +35,7 @@ from minigpt4.datasets.records import (
     apply_error_policy,
     check_image_paths,
     dedupe_by_image,
+    group_by_image,
     log_exact_duplicates,
     normalise_section,
 )
@@ -96,6 +97,11 @@ class ConversationBuilder(BaseDatasetBuilder):
             logger.info("%s: split by image: %d train / %d val record(s)", self.NAME, len(splits["train"]),
                         len(splits["val"]))
         splits["train"] = self.weight_train(splits["train"])
+        if cfg.group_by_image:
+            before = len(splits["train"])
+            splits["train"] = group_by_image(splits["train"], cfg.split.seed)
+            logger.info("%s: group_by_image: %d train record(s) -> %d sample(s), one per image", self.NAME, before,
+                        len(splits["train"]))
         out = {}
         for split, recs in splits.items():
             proc = "train" if split == "train" else "eval"
@@ -143,6 +149,9 @@ class ConversationBuilder(BaseDatasetBuilder):
                          "build_info.shards and build_info.val_shards (and split.val_fraction=0)")
         if cfg.duplicate_images == "one_per_image" and not packed.get("one_per_image"):
             wrong.append(f"{name}.duplicate_images=one_per_image: re-pack with `facegpt-data shards --one-per-image`")
+        if cfg.group_by_image:
+            wrong.append(f"{name}.group_by_image needs every record in memory; shards hold one record per sample "
+                         "(set it to false)")
         if cfg.require_image_token and not packed.get("require_image_token"):
             wrong.append(f"{name}.require_image_token: re-pack with `facegpt-data shards --require-image-token`")
         if OmegaConf.to_container(cfg.field_map) != OmegaConf.to_container(OmegaConf.structured(FieldMap)):
@@ -230,6 +239,10 @@ class FaceGPT4VisionBuilder(ConversationBuilder):
 
     def weight_train(self, records: List[Record]) -> List[Record]:
         weights = {normalise_section(k): float(v) for k, v in self.config.section_weights.items()}
+        if weights and self.config.group_by_image:
+            raise DatasetConfigError(f"datasets.{self.NAME}: section_weights repeat a section's records, and "
+                                     "group_by_image puts every question about an image into one sample, so the "
+                                     "repeats would train as repeated turns; set one of them")
         return apply_section_weights(records, weights, self.config.split.seed) if weights else records
 
     def shard_section_problems(self, manifest: Dict[str, Any]) -> List[str]:
