@@ -104,6 +104,9 @@ class ModelConfig:
     )  # FaceGPT: upstream's key, now storage only (common/precision.py)
     freeze_vit: bool = True
 
+    # FaceGPT: without a Q-Former, consecutive patch tokens (raster order) merged into one LLM token; upstream's 4
+    merge_tokens: int = 4
+
     # Q-Former (MiniGPT-4 with Vicuna)
     has_qformer: bool = True
     freeze_qformer: bool = True

@@ -1,7 +1,7 @@
 """Connectors: how the vision tower's features become the tokens ``llama_proj`` projects into the LLM.
 
-* :class:`MergeConnector` (MiniGPT-v2, MiniGPT-4 with LLaMA-2): drop CLS, concatenate 4 consecutive patch tokens
-  (raster order) → ``[B, N/4, 4·D]``.
+* :class:`MergeConnector` (MiniGPT-v2, MiniGPT-4 with LLaMA-2): drop CLS, concatenate ``model.merge_tokens``
+  (upstream: 4) consecutive patch tokens (raster order) → ``[B, N/m, m·D]``.
 * :class:`QFormerConnector` (MiniGPT-4 with Vicuna): BLIP-2's Q-Former, its learned queries attending to all
   vision tokens → ``[B, Q, hidden]``.
 
@@ -22,8 +22,17 @@ from minigpt4.common.logger import get_logger
 
 logger = get_logger(__name__)
 
-#: consecutive patch tokens merged into one LLM token in the models without Q-Former
+#: consecutive patch tokens merged into one LLM token in the models without Q-Former (upstream's fixed 4; FaceGPT's
+#: ``model.merge_tokens`` changes it)
 MERGE_TOKENS = 4
+
+
+def merge_count(cfg: Any) -> int:
+    """``model.merge_tokens`` of a config (upstream's 4 where the key is absent)."""
+    value = cfg.get("merge_tokens", MERGE_TOKENS) if hasattr(cfg, "get") else getattr(cfg, "merge_tokens", MERGE_TOKENS)
+    if int(value) < 1:
+        raise ModelConfigError(f"model.merge_tokens must be at least 1, got {value}")
+    return int(value)
 
 
 class ModelConfigError(ValueError):
@@ -44,29 +53,40 @@ def optional_path(cfg: Any, key: str, what: str) -> Optional[str]:
 
 
 def image_token_count(cfg: Any) -> int:
-    """Image tokens per image for a ``model:`` config: the Q-Former's queries, or the patches merged by 4."""
+    """Image tokens per image for a ``model:`` config: the Q-Former's queries, or the patches merged by
+    ``merge_tokens``."""
     if cfg.has_qformer:
         return int(cfg.num_query_token)
     patches = (int(cfg.image_size) // int(cfg.vit_config.patch_size)) ** 2
-    return patches // MERGE_TOKENS
+    merge = merge_count(cfg)
+    if patches % merge:
+        raise ModelConfigError(f"model.merge_tokens={merge} does not divide the {patches} patches of image_size "
+                               f"{cfg.image_size} / patch_size {cfg.vit_config.patch_size}; pick a divisor")
+    return patches // merge
 
 
 class MergeConnector:
-    """No parameters: drop CLS and merge ``MERGE_TOKENS`` consecutive patch tokens."""
+    """No parameters: drop CLS and merge ``merge`` consecutive patch tokens (upstream: 4). Larger groups give
+    fewer, wider LLM tokens: each is one linear map (``llama_proj``) of a whole band of patches."""
 
     name = "merge"
 
+    def __init__(self, merge: int = MERGE_TOKENS) -> None:
+        self.merge = merge
+
     def attach(self, model: nn.Module, cfg: Any) -> int:
         """Nothing to register; returns the input width of ``llama_proj``."""
-        return int(model.visual_encoder.num_features) * MERGE_TOKENS
+        return int(model.visual_encoder.num_features) * self.merge
 
     def tokens(self, model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-        """``[B, 1+N, D]`` → ``[B, N/4, 4D]`` (raster order)."""
+        """``[B, 1+N, D]`` → ``[B, N/m, m·D]`` (raster order)."""
         patches = feats[:, 1:, :]  # drop CLS: (B, 1+N, D) -> (B, N, D)
         batch, n, dim = patches.shape
-        if n % MERGE_TOKENS:
-            raise ModelConfigError(f"{n} patch tokens cannot be merged in groups of {MERGE_TOKENS}; check image_size")
-        return patches.reshape(batch, n // MERGE_TOKENS, dim * MERGE_TOKENS)  # (B, N, D) -> (B, N/4, 4D)
+        m = self.merge
+        if n % m:
+            raise ModelConfigError(f"{n} patch tokens cannot be merged in groups of {m}; check image_size and "
+                                   "model.merge_tokens")
+        return patches.reshape(batch, n // m, dim * m)  # (B, N, D) -> (B, N/m, m·D)
 
 
 class QFormerConnector:
@@ -106,4 +126,4 @@ class QFormerConnector:
 
 def connector_for(cfg: Any) -> Any:
     """The connector a ``model:`` config asks for (``has_qformer``)."""
-    return QFormerConnector() if cfg.has_qformer else MergeConnector()
+    return QFormerConnector() if cfg.has_qformer else MergeConnector(merge_count(cfg))

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from minigpt4.common.config import load_config
 from minigpt4.models import MiniGPT4, MiniGPTv2
-from minigpt4.models.connectors import MergeConnector, QFormerConnector, image_token_count
+from minigpt4.models.connectors import MergeConnector, ModelConfigError, QFormerConnector, image_token_count
 
 
 def _model_keys(tiny_weights: Dict[str, str]) -> Dict[str, Any]:
@@ -48,6 +48,24 @@ def test_presets_differ_by_their_parts(tiny_model: Callable[..., Any]) -> None:
     assert "connector" not in dict(v1.named_children()), "the connector registers no module of its own"
     assert {n.split(".")[0] for n, _ in v1.named_parameters()} == {
         "llama_model", "visual_encoder", "ln_vision", "Qformer", "query_tokens", "llama_proj"}
+
+
+def test_merge_tokens_sets_how_many_patches_make_one_llm_token(tiny_model: Callable[..., Any]) -> None:
+    default, wide = tiny_model("minigpt_v2", image_size=112), tiny_model("minigpt_v2", image_size=112, merge_tokens=16)
+    patches = (112 // 14) ** 2
+    assert wide.num_image_tokens == image_token_count(wide.cfg) == patches // 16
+    assert wide.llama_proj.in_features == 16 * default.llama_proj.in_features // 4
+    image = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        feats = wide.visual_encoder(image)  # (2, 1+N, D)
+        tokens = wide.connector.tokens(wide, feats)
+        embeds = wide.encode_img(image)[0]
+    # token j is the concatenation of patches 16j .. 16j+15 (raster order), CLS dropped
+    assert tokens.shape == (2, patches // 16, 16 * feats.shape[-1])
+    assert torch.equal(tokens[1, 3], feats[1, 1 + 48:1 + 64].reshape(-1))
+    assert embeds.shape[:2] == (2, patches // 16)
+    with pytest.raises(ModelConfigError, match="merge_tokens=7 does not divide the 64 patches"):
+        image_token_count(MiniGPTv2.typed_config({**OmegaConf.to_container(default.cfg), "merge_tokens": 7}))
 
 
 @pytest.mark.parametrize("arch,overrides,expected", [
