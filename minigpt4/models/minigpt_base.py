@@ -266,6 +266,33 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         align = word_align_loss(images, words, table, float(self.cfg.get("word_align_temperature", 0.05)))
         return {"loss": loss + weight * align, "answer_loss": loss.detach(), "word_align_loss": align.detach()}
 
+    def word_align_step(self, samples: Dict[str, Any], word_weights: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Connector alignment without the LLM (``run.task: image_text_align``): the word-alignment loss of the
+        image tokens against the row's answer tokens, each weighted by ``word_weights[id]`` (``[V]``, e.g.
+        :func:`~minigpt4.models.word_align.document_frequency_weights` over the training answers), the softmax over
+        the words with weight. Only the tower and the projection get gradient; the LLM runs no layer (its input
+        embedding table is read)."""
+        batch = self.encode_batch(samples)
+        if batch.get("image") is None:
+            raise ValueError("image_text_align trains the image tokens: the batch has no images")
+        images = self.encode_img(batch["image"])[0]  # (B, N, H)
+        labels = batch["labels"].to(images.device)  # (B, L)
+        rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (T,) each
+        ids = labels[rows, cols]  # (T,)
+        table = self.llama_model.get_input_embeddings().weight  # (V, H)
+        if word_weights.shape != (table.shape[0],):
+            raise ValueError(f"word_weights has shape {tuple(word_weights.shape)}; the LLM's vocabulary has "
+                             f"{table.shape[0]} rows")
+        present = answer_word_weights(rows, ids, torch.ones(ids.shape, device=ids.device), images.shape[0],
+                                      table.shape[0], self.tokenizer.special_ids) > 0  # (B, V)
+        words = present.float() * word_weights.to(images.device)[None, :]  # (B, V): each word once, at its weight
+        vocab = torch.nonzero(word_weights > 0)[:, 0].to(images.device)  # (W,): the words some answer weighs
+        # the softmax runs over the answers' own words: the image picks its words among the data's, and a step
+        # costs [B·N, H] x [H, W] instead of the whole vocabulary
+        loss = word_align_loss(images, words[:, vocab], table[vocab],
+                               float(self.cfg.get("word_align_temperature", 0.05)))  # (B, W), (W, H)
+        return {"loss": loss}
+
     def answer_token_losses(self, inputs: LLMInputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per answer token: ``(cross-entropy, target id, row)``, each ``[T]``.
 

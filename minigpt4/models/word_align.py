@@ -64,3 +64,21 @@ def word_align_loss(image_embeds: torch.Tensor, word_weights: torch.Tensor, embe
     logp = torch.logsumexp(sims, dim=1).log_softmax(dim=-1)  # (R, V): pooled over the N tokens
     per_row = -(logp * word_weights[rows]).sum(dim=1) / total[rows]  # (R,)
     return per_row.mean()
+
+
+def document_frequency_weights(documents: Iterable[Iterable[int]], vocab_size: int) -> torch.Tensor:
+    """``[V]``: ``log(D / df)`` per token id over ``D`` documents (each a collection of token ids, counted once);
+    0 for ids no document holds. A word in every document ("The", ".") weighs 0; a word in one answer in four
+    ("happy") weighs log 4."""
+    df = torch.zeros(vocab_size, dtype=torch.float64)  # (V,)
+    count = 0
+    for doc in documents:
+        ids = torch.tensor(sorted({int(t) for t in doc if 0 <= int(t) < vocab_size}), dtype=torch.long)
+        df[ids] += 1
+        count += 1
+    if count == 0:
+        raise ValueError("no answers to weigh the words by: the training split is empty")
+    weights = torch.zeros(vocab_size, dtype=torch.float32)
+    seen = df > 0
+    weights[seen] = torch.log(count / df[seen]).float()
+    return weights

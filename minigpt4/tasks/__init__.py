@@ -6,9 +6,10 @@ from typing import Any
 
 from minigpt4.common.registry import registry
 from minigpt4.tasks.base_task import BaseTask
+from minigpt4.tasks.image_text_align import ImageTextAlignTask
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 
-__all__ = ["BaseTask", "ImageTextPretrainTask", "setup_task"]
+__all__ = ["BaseTask", "ImageTextAlignTask", "ImageTextPretrainTask", "setup_task"]
 
 
 def setup_task(cfg: Any) -> BaseTask:

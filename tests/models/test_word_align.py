@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt4.models.connectors import ModelConfigError
-from minigpt4.models.word_align import answer_word_weights, word_align_loss
+from minigpt4.models.word_align import answer_word_weights, document_frequency_weights, word_align_loss
 from minigpt4.prompting import IGNORE_INDEX
 
 V2_Q = "<Img><ImageHere></Img> [vqa] What colour is the hair?"
@@ -123,6 +123,45 @@ def test_word_align_weight_adds_the_loss_weighted_by_the_llms_own_token_losses(
     assert any(g is not None and float(g.abs().sum()) > 0 for n, g in grads.items() if n.startswith("llama_proj"))
     assert any(g is not None and float(g.abs().sum()) > 0 for n, g in grads.items() if n.startswith("visual_encoder"))
     assert all(g is None or float(g.abs().sum()) == 0 for n, g in grads.items() if n.startswith("llama_model"))
+
+
+def test_document_frequency_weights_are_log_rarity_counting_each_document_once() -> None:
+    weights = document_frequency_weights([[1, 2, 2], [1, 3], [1, 12]], vocab_size=5)  # 12: outside the table
+    want = torch.zeros(5)
+    want[2] = want[3] = torch.log(torch.tensor(3.0))
+    torch.testing.assert_close(weights, want)  # 1 is in every document: weight 0; unseen ids: 0
+    with pytest.raises(ValueError, match="training split is empty"):
+        document_frequency_weights([], vocab_size=5)
+
+
+def test_word_align_step_weighs_each_answer_word_once_and_trains_only_the_image_side(
+        tiny_model: Callable[..., Any]) -> None:
+    model = tiny_model("minigpt_v2", word_align_temperature=0.1, freeze_vit=False).train()
+    answers = ["Red red hair.", "Grey hair."]
+    batch = _batch(answers)
+    table = model.llama_model.get_input_embeddings().weight
+    docs = [model.tokenizer.encode(a) for a in answers]
+    weights = document_frequency_weights(docs, table.shape[0])
+    out = model.word_align_step(batch, weights)
+    images = model.encode_img(batch["image"])[0]
+    words = torch.zeros(2, table.shape[0])
+    encoded = model.encode_batch(batch)
+    for row in range(2):  # the row's answer tokens as the model's labels hold them, each once, at its rarity
+        ids = encoded["labels"][row][encoded["labels"][row] != IGNORE_INDEX].tolist()
+        for t in set(ids) - set(model.tokenizer.special_ids):
+            words[row, t] = weights[t]
+    assert float(words.sum()) > 0 and all(float(words[r, t]) == 0 for r in range(2) for t in set(docs[0]) & set(docs[1]))
+    vocab = torch.nonzero(weights > 0)[:, 0]  # the softmax runs over the answers' words
+    assert 0 < len(vocab) < table.shape[0]
+    torch.testing.assert_close(out["loss"], word_align_loss(images, words[:, vocab], table[vocab], 0.1), rtol=1e-6,
+                               atol=1e-6)
+    model.zero_grad()
+    out["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(g is not None and float(g.abs().sum()) > 0 for n, g in grads.items() if n.startswith("llama_proj"))
+    assert all(g is None for n, g in grads.items() if n.startswith("llama_model"))  # no LLM layer ran
+    with pytest.raises(ValueError, match="the LLM's vocabulary has"):
+        model.word_align_step(batch, weights[:-1])
 
 
 @pytest.mark.parametrize("key,value,message", [("word_align_weight", -1.0, "model.word_align_weight must be >= 0"),

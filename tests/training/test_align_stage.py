@@ -1,0 +1,77 @@
+"""``run.task: image_text_align`` (stage 1 of the CPU demo): connector alignment through the real runner, then
+``image_text_pretrain`` from its checkpoint, on the tiny model and the synthetic face set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = REPO / "train_configs" / "tiny_minigpt_v2.yaml"
+
+
+def _run(options: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any], Path]:
+    from minigpt4.common.config import load_config
+    from minigpt4.runners.launch import run_training
+
+    keep: Dict[str, Any] = {}
+    summary = run_training(load_config(CFG, options), keep)
+    assert summary["status"] == "completed", summary
+    run_dir = Path(summary["run_dir"])
+    latest = json.loads((run_dir / "checkpoint_latest.json").read_text())
+    return summary, keep, run_dir / latest["weights"]
+
+
+def test_align_stage_trains_the_projection_alone_and_stage_two_starts_from_it(
+        tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
+            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=3",
+            "run.amp=False"]
+    from minigpt4.common.config import load_config
+    from minigpt4.common.registry import registry
+    from minigpt4.models.checkpoint import save_model_checkpoint
+
+    torch.manual_seed(0)
+    fresh = registry.get_model_class("minigpt_v2").from_config(load_config(CFG, base).model)
+    start = save_model_checkpoint(fresh, tmp_path / "start.pth")  # stage 1 starts from known weights
+    init = {k: v.clone() for k, v in torch.load(start, map_location="cpu", weights_only=True)["model"].items()}
+    del fresh
+    _, keep, aligned = _run([*base, f"model.ckpt={start}", "run.task=image_text_align",
+                             "datasets.facegpt4vision.group_by_image=true", "run.job_name=align"])
+    runner = keep["runner"]
+    weights = runner.task.word_weights
+    tokenizer = runner.unwrapped_model.tokenizer
+    vocab = runner.unwrapped_model.llama_model.get_input_embeddings().weight.shape[0]
+    assert weights is not None and weights.shape == (vocab,) and float(weights.max()) > 0
+    grouped = runner.datasets["facegpt4vision"]["train"].annotation
+    assert any(len(r.questions) > 1 for r in grouped), "group_by_image put an image's questions in one sample"
+    records = [r for splits in runner.datasets.values() for r in splits["train"].annotation]
+    every = set.intersection(*[{t for a in r.answers for t in tokenizer.encode(a)} for r in records])
+    assert all(float(weights[t]) == 0 for t in every)  # a word in every training answer weighs nothing
+    state = torch.load(aligned, map_location="cpu", weights_only=True)["model"]
+    lora = [k for k in state if "lora_" in k]
+    assert lora and all(torch.equal(state[k], init[k]) for k in lora)  # no LLM layer ran: LoRA is untouched
+    assert not torch.equal(state["llama_proj.weight"], init["llama_proj.weight"])  # the projection learned
+    del keep, runner
+
+    _, keep2, _ = _run([*base, f"model.ckpt={aligned}", "run.job_name=stage2"])
+    assert keep2["runner"].task.__class__.__name__ == "ImageTextPretrainTask"
+
+
+def test_align_stage_refuses_streamed_datasets_with_the_fix() -> None:
+    from minigpt4.tasks.image_text_align import ImageTextAlignTask
+
+    class Streamed:  # a shard dataset holds no records
+        pass
+
+    task = ImageTextAlignTask()
+    task.datasets = {"facegpt4vision": {"train": Streamed()}}
+    with pytest.raises(ValueError, match=r"datasets.facegpt4vision streams \(shards\).*JSON annotation files"):
+        list(task._answers())
