@@ -246,12 +246,17 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         return LLMInputs(embeds, batch["attention_mask"].to(self.device), batch["labels"].to(self.device), ids,
                          [int(n) for n in batch["input_lens"]], img_embeds)
 
-    def forward(self, samples: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def forward(self, samples: Dict[str, Any], align_words: Optional[torch.Tensor] = None
+                ) -> Dict[str, torch.Tensor]:
         """Training step: ``{"loss": mean cross-entropy over answer tokens}`` (unknown batch keys are ignored).
 
         With ``model.word_align_weight`` > 0 the word-alignment loss of the image tokens is added
         (:mod:`minigpt4.models.word_align`); ``answer_loss`` and ``word_align_loss`` are then returned as well.
+        With ``align_words`` (``[V]`` word weights) the step is :meth:`word_align_step` instead (no LLM layer runs);
+        it goes through ``forward`` so that DDP and FSDP wrappers see it.
         """
+        if align_words is not None:
+            return self.word_align_step(samples, align_words)
         inputs = self.build_llm_inputs(samples)
         token_losses, targets, rows = self.answer_token_losses(inputs)  # (T,) each
         loss = token_losses.mean()

@@ -70,7 +70,7 @@ class ImageTextAlignTask(BaseTask):
         return self.word_weights
 
     def train_step(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:
-        return _unwrap(model).word_align_step(samples, self.weights_for(model))["loss"]
+        return model(samples, align_words=self.weights_for(model))["loss"]  # through the DDP/FSDP wrapper's forward
 
     def valid_step(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:
-        return _unwrap(model).word_align_step(samples, self.weights_for(model))["loss"]
+        return model(samples, align_words=self.weights_for(model))["loss"]
