@@ -20,8 +20,8 @@ def _demo() -> ModuleType:
 
 
 @pytest.mark.parametrize("argv, named", [
-    (["--iters", "10", "--warmup-iters", "10"], "--warmup-iters"),
-    (["--warmup-iters", "-1"], "--warmup-iters"),
+    (["--iters", "0"], "--iters"),
+    (["--align-iters", "-1"], "--align-iters"),
     (["--n", "0"], "--n"),
     (["--eval-per-section", "0"], "--eval-per-section"),
     (["--threads", "0"], "--threads"),
