@@ -163,7 +163,6 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
         if aligned is None:
             return 1
         stage2.append(f"model.ckpt={aligned[1]}")
-        del aligned
     _say(f"  stage 2: {args.iters} steps of LoRA on the answers")
     trained = _train([*stage2, f"run.iters_per_epoch={args.iters}", *args.options])
     if trained is None:

@@ -29,7 +29,7 @@ MERGE_TOKENS = 4
 
 def merge_count(cfg: Any) -> int:
     """``model.merge_tokens`` of a config (upstream's 4 where the key is absent)."""
-    value = cfg.get("merge_tokens", MERGE_TOKENS) if hasattr(cfg, "get") else getattr(cfg, "merge_tokens", MERGE_TOKENS)
+    value = cfg.get("merge_tokens", MERGE_TOKENS)
     if int(value) < 1:
         raise ModelConfigError(f"model.merge_tokens must be at least 1, got {value}")
     return int(value)
