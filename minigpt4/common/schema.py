@@ -103,6 +103,10 @@ class ModelConfig:
         help="storage of a frozen tower: fp32, or half (fp16/bf16 = the run's autocast dtype); compute: run.precision",
     )  # FaceGPT: upstream's key, now storage only (common/precision.py)
     freeze_vit: bool = True
+    # FaceGPT: the tower's random initialisation drawn from this seed (independent of run.seed), so that a frozen
+    # tower without weights (random features, as the CPU demo uses) is the same in training, evaluation and chat;
+    # null = from the run's random state
+    vit_init_seed: Optional[int] = None
 
     # FaceGPT: without a Q-Former, consecutive patch tokens (raster order) merged into one LLM token; upstream's 4
     merge_tokens: int = 4

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -62,20 +63,28 @@ def build_vision(cfg: Any, on_meta: bool, sources: Dict[str, str]) -> Tuple[nn.M
     vit_ckpt = None
     if not on_meta:
         vit_ckpt = optional_path(cfg, "vit_ckpt", "EVA-ViT-g weights (eva_vit_g.pth)")
-        if vit_ckpt is None and cfg.freeze_vit:
+        if vit_ckpt is None and cfg.freeze_vit and cfg.get("vit_init_seed") is None:
             raise ModelConfigError(
                 "model.vit_ckpt is null but model.freeze_vit is True: a frozen, randomly initialised vision tower "
                 "never learns. Set --options model.vit_ckpt=/path/to/eva_vit_g.pth, or model.freeze_vit=False to "
-                "train the tower from scratch"
+                "train the tower from scratch (or model.vit_init_seed=0 to keep seeded random features on purpose)"
             )
     precision = cfg.vit_precision
     if not cfg.freeze_vit and precision != "fp32":
         logger.info("vision tower is trainable: keeping it in fp32 instead of %s (as upstream)", precision)
         precision = "fp32"
-    tower = build_eva_vit(cfg.vit_config, cfg.image_size, cfg.drop_path_rate, cfg.use_grad_checkpoint, precision)
+    seed = cfg.get("vit_init_seed")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:  # the same tower wherever it is rebuilt, whatever run.seed drew before
+            torch.manual_seed(int(seed))
+        tower = build_eva_vit(cfg.vit_config, cfg.image_size, cfg.drop_path_rate, cfg.use_grad_checkpoint,
+                              precision)
     if vit_ckpt:
         load_eva_vit_weights(tower, vit_ckpt, cfg.image_size).log(logger)
         sources["visual_encoder."] = vit_ckpt
+    elif seed is not None and not on_meta:
+        logger.info("vision tower: random initialisation from model.vit_init_seed=%d%s", int(seed),
+                    " (frozen: random features)" if cfg.freeze_vit else "")
     tower.exact_attention = cfg.attn_implementation == "eager"
     return tower, build_ln_vision(cfg.vit_config.embed_dim)
 

@@ -237,7 +237,10 @@ def run_probe(cfg_path: str, options: Sequence[str], *, metadata: Optional[Path]
     has_ckpt = bool(cfg.model.get("ckpt"))
     runs: List[Tuple[str, List[str]]] = [("" if not baseline else "trained" if has_ckpt else "init", list(options))]
     if baseline and has_ckpt:
-        runs.insert(0, ("init", [*options, "model.ckpt=null"]))
+        untrained = [*options, "model.ckpt=null"]
+        if cfg.model.get("vit_init_seed") is not None:  # the checkpoint's tower is rebuilt from its seed: the same one
+            untrained.append(f"model.vit_init_seed={cfg.model.vit_init_seed}")
+        runs.insert(0, ("init", untrained))
     feats: Dict[str, Dict[str, torch.Tensor]] = {}
     for column, opts in runs:
         model = build_model(cfg_path, opts, seed)

@@ -92,3 +92,21 @@ def test_v2_refuses_a_qformer(tiny_weights: Dict[str, str]) -> None:
     with pytest.raises(ModelConfigError, match="MiniGPT-v2 has no Q-Former"):
         MiniGPTv2.from_config({**_model_keys(tiny_weights), "has_qformer": True})
     assert MiniGPT4.typed_config({"arch": "minigpt4", "model_type": "pretrain_llama2"}).has_qformer is False
+
+
+def test_vit_init_seed_rebuilds_the_same_frozen_random_tower(tiny_weights: Dict[str, str]) -> None:
+    keys = {**_model_keys(tiny_weights), "vit_ckpt": None, "freeze_vit": True}
+    with pytest.raises(ModelConfigError, match="model.vit_init_seed=0"):
+        MiniGPTv2.from_config(dict(keys))
+    towers, trainable, after = [], [], []
+    for run_seed, init_seed in ((1, 7), (2, 7), (1, 8)):
+        torch.manual_seed(run_seed)  # the run's random state differs; the tower follows vit_init_seed alone
+        model = MiniGPTv2.from_config({**keys, "vit_init_seed": init_seed})
+        towers.append(model.visual_encoder.state_dict())
+        trainable.append(set(model.trainable_state_dict()))
+        after.append(torch.rand(1))
+    assert torch.equal(after[0], after[2]), "the tower's draws leave the run's random stream alone"
+    (a, b, c) = towers
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not any(k.startswith("visual_encoder") for k in trainable[0]), "a frozen tower is not in checkpoints"
