@@ -12,7 +12,7 @@
 3. score generated answers on held-out images per question type next to chance and majority (``facegpt-eval``);
 4. ask the trained model about a held-out face through the chat front end (``demo_v2_command_line.py``).
 
-The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, about 5 s on 2 cores)
+The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, 5-9 s on 2 cores)
 to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in about a second.
 
     python scripts/demo.py [--out demo_output] [--n 600] [--align-iters 250] [--iters 45] [--options run.seed=1 ...]
