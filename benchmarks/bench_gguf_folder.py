@@ -4,8 +4,9 @@ Baseline: transformers' own GGUF path, ``AutoModelForCausalLM.from_pretrained(..
 ``AutoTokenizer.from_pretrained(..., gguf_file=...)`` (what ``model.llama_model=FILE.gguf`` costs at every load; each
 call parses the whole file with ``gguf``'s reader; transformers refuses to ``save_pretrained`` a GGUF-loaded model,
 so the baseline only loads). Candidate: :func:`minigpt4.models.gguf_folder.gguf_to_folder` (one header read, tensors
-written straight to safetensors), which does more: it also writes the folder. Each conversion runs in a fresh Python process (imports excluded from the
-timing), the two sides alternate, and the medians are compared. Also checked: both folders hold the same tensors.
+written straight to safetensors), which does more: it also writes the folder. Each conversion runs in a fresh
+Python process (imports excluded from the timing), the two sides alternate, and the medians are compared. Also
+checked: both sides give the same tensors.
 
     python benchmarks/bench_gguf_folder.py [--rounds 3] [--gguf FILE]
 

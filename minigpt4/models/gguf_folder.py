@@ -12,7 +12,6 @@ The tensors, the config and the tokenizer equal transformers' conversion (``test
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from dataclasses import dataclass, field
 from math import prod
@@ -77,12 +76,16 @@ class _Cursor:
     def __init__(self, buf: Any, path: Path) -> None:
         self.buf, self.pos, self.path = buf, 0, path
 
-    def unpack(self, fmt: str) -> Any:
+    def unpack_all(self, fmt: str) -> Tuple[Any, ...]:
         try:
             values = struct.unpack_from(fmt, self.buf, self.pos)
         except struct.error:
             raise GGUFConversionError(f"{self.path}: the file ends inside its header (truncated download?)") from None
         self.pos += struct.calcsize(fmt)
+        return values
+
+    def unpack(self, fmt: str) -> Any:
+        values = self.unpack_all(fmt)
         return values[0] if len(values) == 1 else values
 
     def string(self) -> str:
@@ -118,28 +121,27 @@ def read_gguf(path: Path) -> GGUFFile:
     """The metadata and tensor table of the GGUF (v2/v3) file ``path``, read once from a memory map."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf, path)
-        if bytes(buf[:4]) != b"GGUF":
-            raise GGUFConversionError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
-        cur.pos = 4
-        version, n_tensors, n_keys = cur.unpack("<IQQ")
-        if version not in (2, 3):
-            raise GGUFConversionError(f"{path}: GGUF version {version}; this converter reads versions 2 and 3")
-        metadata: Dict[str, Any] = {}
-        lengths: Dict[str, int] = {}
-        for _ in range(n_keys):
-            key = cur.string()
-            metadata[key] = cur.value(cur.unpack("<I"), key, lengths)
-        table = []
-        for _ in range(n_tensors):
-            name = cur.string()
-            dims = cur.unpack(f"<{cur.unpack('<I')}Q")
-            dims = (dims,) if isinstance(dims, int) else dims
-            ggml_type, offset = cur.unpack("<IQ")
-            table.append((name, tuple(reversed(dims)), ggml_type, offset))  # GGUF lists the fastest dimension first
-        alignment = int(metadata.get("general.alignment", 32))
-        data_start = (cur.pos + alignment - 1) // alignment * alignment
+    buf = np.memmap(path, dtype=np.uint8, mode="r")  # (file bytes,)
+    cur = _Cursor(buf, path)
+    if bytes(buf[:4]) != b"GGUF":
+        raise GGUFConversionError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    cur.pos = 4
+    version, n_tensors, n_keys = cur.unpack("<IQQ")
+    if version not in (2, 3):
+        raise GGUFConversionError(f"{path}: GGUF version {version}; this converter reads versions 2 and 3")
+    metadata: Dict[str, Any] = {}
+    lengths: Dict[str, int] = {}
+    for _ in range(n_keys):
+        key = cur.string()
+        metadata[key] = cur.value(cur.unpack("<I"), key, lengths)
+    table = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        dims = cur.unpack_all(f"<{cur.unpack('<I')}Q")
+        ggml_type, offset = cur.unpack("<IQ")
+        table.append((name, tuple(reversed(dims)), ggml_type, offset))  # GGUF lists the fastest dimension first
+    alignment = int(metadata.get("general.alignment", 32))
+    data_start = (cur.pos + alignment - 1) // alignment * alignment
     tensors = []
     for name, shape, ggml_type, offset in table:
         try:
