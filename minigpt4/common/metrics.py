@@ -194,6 +194,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
     ]
     if summary.get("checkpoint_best"):
         lines.append(f"  best checkpoint   {summary.get('checkpoint_best')}")
+    cache = summary.get("vision_feature_cache")
+    if cache:
+        lines.append(f"  tower feature cache {cache.get('hits')} hits, {cache.get('misses')} misses (tower forwards), "
+                     f"{cache.get('evicted')} evicted, {cache.get('images_held')} images / {cache.get('mb_held')} MB held")
     if summary.get("ranks_in_sync") is not None:
         lines.append(f"  ranks in sync     {summary.get('ranks_in_sync')} "
                      f"(max |param difference| {summary.get('rank_param_max_abs_diff')})")

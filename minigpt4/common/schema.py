@@ -107,6 +107,9 @@ class ModelConfig:
     # tower without weights (random features, as the CPU demo uses) is the same in training, evaluation and chat;
     # null = from the run's random state
     vit_init_seed: Optional[int] = None
+    # FaceGPT: features of the frozen tower (after ln_vision) kept per image, keyed by its pixels, up to this many MB
+    # (0 = off); a repeated image (several questions per image, several epochs) skips the tower (models/feature_cache.py)
+    vit_feature_cache_mb: int = 0
 
     # FaceGPT: without a Q-Former, consecutive patch tokens (raster order) merged into one LLM token; upstream's 4
     merge_tokens: int = 4

@@ -32,7 +32,8 @@ from minigpt4.models.connectors import MERGE_TOKENS, ModelConfigError, connector
 from minigpt4.models.connectors import optional_path as _optional_path
 from minigpt4.models.generation import GenerationMixin
 from minigpt4.models.llm import enable_llm_activation_checkpointing
-from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability
+from minigpt4.models.feature_cache import autocast_state, weights_state
+from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability, vision_feature_cache
 from minigpt4.models.word_align import answer_word_weights, check_word_align, word_align_loss
 from minigpt4.models.tokenizer import LLMTokenizer
 from minigpt4.prompting import IGNORE_INDEX, IMAGE_SLOT_ID, PromptError, PromptFormat, SampleEncoder
@@ -90,6 +91,7 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         self.prompt_format = PromptFormat.from_config(cfg, self.llama_tokenizer)
         self.prompt_list: List[str] = [] if self.on_meta else load_prompt_list(cfg, self.prompt_format)
         set_trainability(self, cfg)
+        self.vision_cache = vision_feature_cache(cfg)
         if cfg.use_grad_checkpoint_llm and not self.on_meta:
             enable_llm_activation_checkpointing(self.llama_model)
 
@@ -183,12 +185,22 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         """Images ``[B, 3, S, S]`` → LLM-space embeddings ``[B, N, H]`` and their attention ``[B, N]``."""
         if image.dim() == 5:
             image = image.reshape(-1, *image.shape[-3:])  # (B, T, 3, S, S) -> (B*T, 3, S, S)
-        feats = self.ln_vision(self.visual_encoder(image.to(self.device)))  # (B, 1+N, D)
+        feats = self.vision_features(image)  # (B, 1+N, D)
         embeds = self.llama_proj(self.image_tokens(feats))  # (B, n, F) -> (B, n, H)
         if self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' mean norm
             embeds = F.normalize(embeds, dim=-1) * self.text_embedding_norm()
         atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, n)
         return embeds, atts
+
+    def vision_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` → the tower's features after ``ln_vision`` ``[B, 1+N, D]``; from
+        :attr:`vision_cache` for images it holds (``model.vit_feature_cache_mb``)."""
+        if self.vision_cache is None:
+            return self.ln_vision(self.visual_encoder(image.to(self.device)))
+        context = (weights_state([*self.visual_encoder.parameters(), *self.visual_encoder.buffers(),
+                                  *self.ln_vision.parameters()]), autocast_state(self.device.type))
+        return self.vision_cache.features(
+            image, lambda missing: self.ln_vision(self.visual_encoder(missing.to(self.device))), context)
 
     def text_embedding_norm(self) -> float:
         """Mean L2 norm of the LLM's input token embeddings (frozen: computed once)."""

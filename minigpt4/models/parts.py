@@ -23,6 +23,7 @@ from minigpt4.common.config import LIBRARY_ROOT, resolve_library_path
 from minigpt4.common.logger import get_logger
 from minigpt4.models.connectors import ModelConfigError, optional_path
 from minigpt4.models.eva_vit import build_eva_vit, build_ln_vision, freeze_module, load_eva_vit_weights
+from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import add_lora, build_llm_from_config, llm_path_error, load_llm
 from minigpt4.models.tokenizer import LLMTokenizer, load_tokenizer
 from minigpt4.prompting import IMAGE_HERE, PromptFormat
@@ -101,6 +102,21 @@ def load_prompt_list(cfg: Any, prompt_format: PromptFormat) -> List[str]:
     prompts = [prompt_format.wrap(line) for line in lines]
     logger.info("%d training prompts from %s, e.g. %r", len(prompts), path, prompts[:1])
     return prompts
+
+
+def vision_feature_cache(cfg: Any) -> Optional[FeatureCache]:
+    """The frozen tower's per-image feature cache of ``model.vit_feature_cache_mb`` (None when 0)."""
+    size = int(cfg.get("vit_feature_cache_mb", 0) or 0)
+    if size < 0:
+        raise ModelConfigError(f"model.vit_feature_cache_mb must be 0 (off) or a size in MB, got {size}")
+    if size == 0:
+        return None
+    if not cfg.freeze_vit:
+        raise ModelConfigError(f"model.vit_feature_cache_mb={size} keeps the features of a frozen vision tower, but "
+                               "model.freeze_vit=False trains it; set model.vit_feature_cache_mb=0 or "
+                               "model.freeze_vit=True")
+    logger.info("vision feature cache: up to %d MB of frozen-tower features, one entry per distinct image", size)
+    return FeatureCache(size)
 
 
 def set_trainability(model: nn.Module, cfg: Any) -> None:

@@ -457,6 +457,7 @@ class RunnerBase:
             "skipped_images": int(totals[1]), "skipped_batches": self.counters.skipped_batches,  # same on all ranks
             "nonfinite_steps": self.counters.nonfinite_steps,
             "scaler_skipped_steps": self.counters.scaler_skipped_steps, "truncation": self._truncation(),
+            "vision_feature_cache": self._vision_cache(),
             "final_train_loss": self._final_train_loss(), "last_val_loss": self.last_val_loss,
             "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             "time_s": time.time() - started, "peak_memory_mb": memory, "memory_kind": memory_kind,
@@ -477,7 +478,15 @@ class RunnerBase:
         return losses[-1] if losses else None
 
     def _truncation(self) -> Optional[Dict[str, int]]:
-        stats = getattr(self.unwrapped_model, "truncation_stats", None)
+        return self._summed_over_ranks(getattr(self.unwrapped_model, "truncation_stats", None))
+
+    def _vision_cache(self) -> Optional[Dict[str, int]]:
+        """The frozen tower's feature-cache counters (``model.vit_feature_cache_mb``), summed over ranks."""
+        cache = getattr(self.unwrapped_model, "vision_cache", None)
+        return self._summed_over_ranks(cache.stats() if cache is not None else None)
+
+    @staticmethod
+    def _summed_over_ranks(stats: Optional[Dict[str, int]]) -> Optional[Dict[str, int]]:
         gathered = du.all_gather_object(dict(stats) if stats else None)
         merged: Dict[str, int] = {}
         for part in gathered:

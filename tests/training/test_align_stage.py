@@ -65,6 +65,30 @@ def test_align_stage_trains_the_projection_alone_and_stage_two_starts_from_it(
     assert keep2["runner"].task.__class__.__name__ == "ImageTextPretrainTask"
 
 
+def test_align_stage_with_the_feature_cache_learns_the_same_projection_and_counts_its_hits(
+        tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from minigpt4.common.metrics import format_summary
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
+            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=2", "run.iters_per_epoch=3",
+            "run.amp=False", "run.task=image_text_align", "run.seed=5"]
+    plain, _, plain_ckpt = _run([*base, "run.job_name=plain"])
+    cached, _, cached_ckpt = _run([*base, "model.vit_feature_cache_mb=32", "run.job_name=cached"])
+    assert plain["vision_feature_cache"] is None
+    stats = cached["vision_feature_cache"]
+    # FaceGPT4Vision asks several questions per image, and training and validation come back each epoch
+    assert stats["hits"] > stats["misses"] > 0 and stats["hits"] + stats["misses"] > cached["samples_seen"]
+    assert stats["misses"] == stats["images_held"] and stats["evicted"] == stats["resets"] == 0
+    assert f"tower feature cache {stats['hits']} hits, {stats['misses']} misses" in format_summary(cached)
+    want = torch.load(plain_ckpt, map_location="cpu", weights_only=True)["model"]
+    got = torch.load(cached_ckpt, map_location="cpu", weights_only=True)["model"]
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
+
+
 def test_align_stage_refuses_streamed_datasets_with_the_fix() -> None:
     from minigpt4.tasks.image_text_align import ImageTextAlignTask
 
