@@ -76,7 +76,12 @@ def decoder_layers(model: nn.Module) -> List[nn.Module]:
 
 
 def check_shardable(model: nn.Module) -> None:
-    """Refuse what FSDP cannot shard: bitsandbytes-quantized weights (8-bit / 4-bit LLMs)."""
+    """Refuse what FSDP cannot shard: bitsandbytes-quantized weights (8-bit / 4-bit LLMs); and the frozen tower's
+    feature cache, which keys features on the tower's weight storage (FSDP re-gathers it every step)."""
+    if getattr(model, "vision_cache", None) is not None:
+        raise FSDPConfigError("run.strategy=fsdp re-gathers the vision tower's sharded weights every step, so "
+                              "model.vit_feature_cache_mb could never reuse a feature; set model.vit_feature_cache_mb=0 "
+                              "under fsdp, or use run.strategy=ddp to keep it")
     quantized = sorted({type(p).__name__ for p in model.parameters() if type(p).__module__.startswith("bitsandbytes")})
     if quantized:
         raise FSDPConfigError(f"run.strategy=fsdp cannot shard bitsandbytes-quantized weights "

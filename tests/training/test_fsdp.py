@@ -135,6 +135,17 @@ def test_quantized_llm_is_refused_in_one_line(tiny_files: Dict[str, str], tiny_l
         registry.get_model_class(cfg.model.arch).from_config(cfg.model)
 
 
+def test_feature_cache_is_refused_in_one_line(tiny_files: Dict[str, str], facegpt_data_env: Path,
+                                              tmp_path: Path) -> None:
+    cfg = load_config(TINY_V2, tiny_options("minigpt_v2", tiny_files, tmp_path, "model.vit_feature_cache_mb=16"))
+    model = registry.get_model_class(cfg.model.arch).from_config(cfg.model)
+    with pytest.raises(fsdp.FSDPConfigError) as info:
+        fsdp.check_shardable(model)
+    assert "\n" not in str(info.value) and "model.vit_feature_cache_mb=0" in str(info.value)
+    model.vision_cache = None
+    fsdp.check_shardable(model)  # the same model without the cache shards
+
+
 #: Llama-2-7b: 32 layers x 202,383,360 + embeddings and lm_head (32000 x 4096 each) + the final norm (4096)
 LLAMA2_7B_PARAMS = 6_738_415_616
 
