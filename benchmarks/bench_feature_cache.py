@@ -22,22 +22,19 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-ALIGN = ["run.task=image_text_align", "datasets.facegpt4vision.group_by_image=true",
-         "datasets.facegpt4vision.batch_size=32", "datasets.sharegpt_face.batch_size=32", "run.init_lr=1e-3",
-         "run.lr_scale.llama_proj=1.0", "run.seed=0", "model.vit_init_seed=0"]
+from bench_demo_seeds import _demo_module  # noqa: E402  (scripts/demo.py as a module: its stage-1 options and config)
 
 
-def _stage1(options: List[str]) -> Tuple[float, Dict[str, int], Path]:
+def _stage1(demo: Any, options: List[str]) -> Tuple[float, Dict[str, int], Path]:
     """One stage-1 run: (training seconds, cache counters or {}, checkpoint)."""
     from minigpt4.common.config import load_config
     from minigpt4.runners.launch import run_training
 
-    summary = run_training(load_config(REPO / "train_configs" / "demo_smollm2.yaml", options))
+    summary = run_training(load_config(demo.TRAIN_CFG, [*options, *demo.ALIGN_OPTIONS]))
     if summary["status"] != "completed":
         raise SystemExit(f"stage 1 did not finish: {summary['status']}")
     run_dir = Path(summary["run_dir"])
@@ -59,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from minigpt4.tools import data as data_tool
 
     logging.getLogger("facegpt").setLevel(logging.WARNING)
+    demo = _demo_module()
     times: Dict[str, List[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -71,9 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for r in range(args.rounds):
             for side in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 options = [f"model.llama_model={llm}", f"run.output_dir={root / 'runs' / f'{side}{r}'}",
-                           f"run.iters_per_epoch={args.steps}", f"model.vit_feature_cache_mb={256 if side == 'on' else 0}",
-                           *ALIGN]
-                seconds, counters, ckpt = _stage1(options)
+                           f"run.iters_per_epoch={args.steps}", "run.seed=0", "model.vit_init_seed=0",
+                           f"model.vit_feature_cache_mb={256 if side == 'on' else 0}"]
+                seconds, counters, ckpt = _stage1(demo, options)
                 times[side].append(seconds)
                 if side == "on":
                     stats = counters

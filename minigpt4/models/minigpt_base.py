@@ -195,12 +195,14 @@ class MiniGPTBase(GenerationMixin, nn.Module):
     def vision_features(self, image: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` → the tower's features after ``ln_vision`` ``[B, 1+N, D]``; from
         :attr:`vision_cache` for images it holds (``model.vit_feature_cache_mb``)."""
+        def tower(pixels: torch.Tensor) -> torch.Tensor:
+            return self.ln_vision(self.visual_encoder(pixels.to(self.device)))
+
         if self.vision_cache is None:
-            return self.ln_vision(self.visual_encoder(image.to(self.device)))
+            return tower(image)
         context = (weights_state([*self.visual_encoder.parameters(), *self.visual_encoder.buffers(),
                                   *self.ln_vision.parameters()]), autocast_state(self.device.type))
-        return self.vision_cache.features(
-            image, lambda missing: self.ln_vision(self.visual_encoder(missing.to(self.device))), context)
+        return self.vision_cache.features(image, tower, context)
 
     def text_embedding_norm(self) -> float:
         """Mean L2 norm of the LLM's input token embeddings (frozen: computed once)."""

@@ -115,7 +115,7 @@ def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Di
     try:
         for start in range(0, len(pixels), batch_size):
             batch = pixels[start:start + batch_size].to(model.device, dtype)
-            feats = model.ln_vision(model.visual_encoder(batch))  # (b, 1+N, D)
+            feats = model.vision_features(batch)  # (b, 1+N, D)
             tower.append(feats[:, 1:].float().mean(1).cpu())  # (b, N, D) -> (b, D)
             embeds = model.llama_proj(model.image_tokens(feats).to(model.llama_proj.weight.dtype))  # (b, n, H)
             tokens.append(embeds.float().flatten(1).cpu())  # (b, n, H) -> (b, n*H)
