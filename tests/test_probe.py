@@ -42,8 +42,10 @@ def _write_set(root: Path, n: int = 60, seed: int = 0) -> Path:
         images.append({"index": i, "attributes": {"colour": colour, "coin": coin},
                        "paths": {"GPT4VisionData": f"probe/{i:03d}.png"}})
     meta = root / "metadata.json"
+    answers = {"colour": {"red": "The picture is red.", "blue": "The picture is blue."},
+               "coin": {"heads": "The coin shows heads.", "tails": "The coin shows tails."}}
     meta.write_text(json.dumps({"attributes": {"colour": ["red", "blue"], "coin": ["heads", "tails"]},
-                                "images": images}))
+                                "answers": answers, "images": images}))
     return meta
 
 
@@ -66,6 +68,25 @@ def test_probe_learns_what_the_image_shows_and_not_a_coin(tmp_path: Path, tiny_l
     assert results["coin"]["chance"] == 0.5 and results["colour"]["n_test"] == 24
 
 
+def test_probe_words_scores_training_and_held_out_images(tmp_path: Path, tiny_llama_dir: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    meta = _write_set(tmp_path / "data", n=30)
+    out = tmp_path / "probe.json"
+    assert probe.main(["--cfg-path", str(EVAL_CFG), "--options", f"model.llama_model={tiny_llama_dir}",
+                       "--metadata", str(meta), "--split", "random", "--held-out-fraction", "0.4", "--words",
+                       "--json", str(out)]) == 0
+    assert "words held-out" in capsys.readouterr().out.splitlines()[0]
+    for r in json.loads(out.read_text()):
+        assert set(r["accuracy"]) == {"tower", "tokens", "words train", "words held-out"}
+        assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
+    bare = json.loads(meta.read_text())
+    del bare["answers"]
+    meta.write_text(json.dumps(bare))
+    assert probe.main(["--cfg-path", str(EVAL_CFG), "--options", f"model.llama_model={tiny_llama_dir}",
+                       "--metadata", str(meta), "--split", "random", "--words"]) == 2
+    assert "--words needs" in capsys.readouterr().err
+
+
 def test_ridge_probe_separates_a_linear_rule_and_not_noise() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(200, 20, generator=gen)
@@ -83,3 +104,27 @@ def test_probe_argument_and_data_errors_are_one_line(tmp_path: Path, capsys: pyt
                        "--options", "model.llama_model=/unused"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metadata.json" in err[0] and "synth" in err[0], err
+
+
+def test_words_name_the_value_whose_own_word_an_image_token_is_near(tiny_llama_dir: Path) -> None:
+    """``--words``: the words that tell a value's sentence apart, and an image names the value whose word is
+    closest to one of its tokens; tokens near no value's word name values at chance."""
+    from minigpt4.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    answers = {"glasses": "The person wears glasses.", "earrings": "The person wears earrings.",
+               "none": "The person wears no accessories."}
+    words = probe.value_words(answers, tokenizer)
+    shared = set(tokenizer.encode("The person wears"))
+    for value, ids in words.items():
+        assert ids and not set(ids) & shared, (value, ids)  # only the value's own words
+        assert set(ids) <= set(tokenizer.encode(answers[value]))
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(max(max(i) for i in words.values()) + 1, 32, generator=gen)  # (V, H)
+    truth = [list(answers)[i % 3] for i in range(60)]
+    seq = torch.randn(60, 4, 32, generator=gen)  # (B, n, H): 4 image tokens of noise
+    for i, value in enumerate(truth):
+        seq[i, i % 4] = table[words[value][0]] + 0.3 * torch.randn(32, generator=gen)  # one token names the value
+    assert probe.word_predictions(seq, table, words) == truth
+    noise = probe.word_predictions(torch.randn(60, 4, 32, generator=gen), table, words)
+    assert sum(p == t for p, t in zip(noise, truth)) < 35  # ~20 of 60 by chance

@@ -13,6 +13,12 @@ command shows before and after training. Reading the result: a tower probe at ch
 separates the attribute; tower above chance but tokens at chance means the connector loses it; both well above
 chance while the generated answers stay at chance means the LLM side does not use the image tokens.
 
+With ``--words`` it also scores what the image tokens *say* in the LLM's word space, with nothing fitted: for each
+attribute whose answer sentences ``metadata.json`` records (``answers``), the words of a value's sentence that no
+other value's sentence has ("glasses" in "The person wears glasses."); an image names the value whose word has the
+highest cosine similarity to one of its image tokens. Scored on the training images and on the held-out ones: a
+high training score with a low held-out one means the connector learned its training images, not the attribute.
+
 The held-out images are those of the run's held-out splits (``task.build_datasets``: the val split of every
 dataset of the config, content-clean across datasets); every other image of ``metadata.json`` trains the probe.
 
@@ -118,10 +124,33 @@ def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Di
             feats = model.vision_features(batch)  # (b, 1+N, D)
             tower.append(feats[:, 1:].float().mean(1).cpu())  # (b, N, D) -> (b, D)
             embeds = model.llama_proj(model.image_tokens(feats).to(model.llama_proj.weight.dtype))  # (b, n, H)
-            tokens.append(embeds.float().flatten(1).cpu())  # (b, n, H) -> (b, n*H)
+            tokens.append(embeds.float().cpu())  # (b, n, H)
     finally:
         model.train(was_training)
-    return {"tower": torch.cat(tower), "tokens": torch.cat(tokens)}
+    return {"tower": torch.cat(tower), "tokens": torch.cat(tokens).flatten(1)}  # (B, n, H) -> (B, n*H)
+
+
+def value_words(answers: Dict[str, str], tokenizer: Any) -> Dict[str, List[int]]:
+    """Per value of one attribute, the token ids of its answer sentence that no other value's sentence has."""
+    ids = {value: set(tokenizer.encode(sentence)) for value, sentence in answers.items()}
+    return {value: sorted(own - set().union(*(ids[v] for v in ids if v != value))) for value, own in ids.items()}
+
+
+def word_predictions(token_seq: torch.Tensor, table: torch.Tensor, words: Dict[str, List[int]]) -> List[str]:
+    """Per image, the value whose distinguishing word is closest (cosine) to one of its image tokens.
+
+    ``token_seq`` ``[B, n, H]`` (the projected image tokens), ``table`` the LLM's input embeddings ``[V, H]``.
+    A value without a word of its own never wins."""
+    values = [v for v in words if words[v]]
+    if not values:
+        return ["" for _ in range(len(token_seq))]
+    img = torch.nn.functional.normalize(token_seq.float(), dim=-1)  # (B, n, H)
+    scores = []
+    for value in values:
+        emb = torch.nn.functional.normalize(table[words[value]].float(), dim=-1)  # (w, H)
+        scores.append((img @ emb.T).amax(dim=(1, 2)))  # (B, n, w) -> (B,)
+    best = torch.stack(scores, dim=1).argmax(dim=1)  # (B, values) -> (B,)
+    return [values[int(i)] for i in best]
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -169,8 +198,10 @@ def random_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- the run
 def probe_attributes(meta: Dict[str, Any], feats: Dict[str, Dict[str, torch.Tensor]], test: torch.Tensor,
-                     attributes: Optional[Sequence[str]] = None) -> List[AttributeProbe]:
-    """One :class:`AttributeProbe` per attribute; ``feats`` is ``{column name: {stage: [N, d]}}``."""
+                     attributes: Optional[Sequence[str]] = None,
+                     named: Optional[Dict[str, Dict[str, List[str]]]] = None) -> List[AttributeProbe]:
+    """One :class:`AttributeProbe` per attribute; ``feats`` is ``{column name: {stage: [N, d]}}``, ``named``
+    (``--words``) ``{column name: {attribute: the value each image's tokens name}}``."""
     names = list(attributes or meta.get("attributes") or meta["images"][0]["attributes"])
     results = []
     for attr in names:
@@ -190,6 +221,13 @@ def probe_attributes(meta: Dict[str, Any], feats: Dict[str, Dict[str, torch.Tens
             for stage, x in stages.items():
                 name = stage if not column else f"{stage} {column}"
                 result.accuracy[name] = probe_accuracy(x[train], y[train], x[held], y[held], len(classes))
+        for column, by_attr in (named or {}).items():
+            if attr not in by_attr:
+                continue
+            right = torch.tensor([p == v for p, v in zip(by_attr[attr], values)])
+            for part, mask in (("train", train), ("held-out", held)):
+                name = f"words {part}" if not column else f"words {part} {column}"
+                result.accuracy[name] = float(right[mask].double().mean())
         results.append(result)
     return results
 
@@ -224,9 +262,11 @@ def build_model(cfg_path: str, options: Sequence[str], seed: int) -> Any:
 
 def run_probe(cfg_path: str, options: Sequence[str], *, metadata: Optional[Path] = None, split: str = "run",
               held_out_fraction: float = 0.3, seed: int = 0, baseline: bool = False,
-              attributes: Optional[Sequence[str]] = None, batch_size: int = 32) -> List[AttributeProbe]:
+              attributes: Optional[Sequence[str]] = None, batch_size: int = 32,
+              words: bool = False) -> List[AttributeProbe]:
     """Features of every image of the synthetic set under the trained model (and, with ``baseline``, the untrained
-    one), probes fit on the training images, scored on the held-out ones."""
+    one), probes fit on the training images, scored on the held-out ones; with ``words``, also the values the image
+    tokens name (:func:`word_predictions`) on training and held-out images."""
     from minigpt4.common.config import load_config
 
     root = metadata.parent if metadata else Path(os.environ.get("FACEGPT_DATA", "."))
@@ -242,14 +282,32 @@ def run_probe(cfg_path: str, options: Sequence[str], *, metadata: Optional[Path]
             untrained.append(f"model.vit_init_seed={cfg.model.vit_init_seed}")
         runs.insert(0, ("init", untrained))
     feats: Dict[str, Dict[str, torch.Tensor]] = {}
+    named: Dict[str, Dict[str, List[str]]] = {}
+    if words and not any(isinstance(meta.get("answers", {}).get(a), dict) for a in meta.get("attributes", {})):
+        raise ProbeSetupError(f"{metadata or root / 'metadata.json'}: --words needs each attribute's answer sentences "
+                              "('answers' in metadata.json, written by python -m minigpt4.tools.data synth)")
     for column, opts in runs:
         model = build_model(cfg_path, opts, seed)
         pixels = load_pixels(paths, model.engine.vis_processor)
         logger.info("probe: features of %d images (%s)", len(paths), column or "the model")
         feats[column] = image_features(model.model, pixels, batch_size)
+        if words:
+            named[column] = name_values(model.model, feats[column]["tokens"], meta)
         del model
     by_stage = {col: feats[col] for col in feats}
-    return probe_attributes(meta, by_stage, test, attributes)
+    return probe_attributes(meta, by_stage, test, attributes, named)
+
+
+def name_values(model: Any, tokens: torch.Tensor, meta: Dict[str, Any]) -> Dict[str, List[str]]:
+    """Per attribute with answer sentences in ``meta``, the value each image's tokens name (``tokens`` ``[N, n*H]``
+    from :func:`image_features`)."""
+    table = model.llama_model.get_input_embeddings().weight.detach()  # (V, H)
+    token_seq = tokens.reshape(tokens.shape[0], -1, table.shape[1])  # (N, n*H) -> (N, n, H)
+    named = {}
+    for attr, answers in (meta.get("answers") or {}).items():
+        if isinstance(answers, dict) and len(answers) > 1:
+            named[attr] = word_predictions(token_seq, table, value_words(answers, model.tokenizer))
+    return named
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out-fraction", type=float, default=0.3, help="with --split random")
     parser.add_argument("--baseline", action="store_true",
                         help="also probe the model built without model.ckpt (before training)")
+    parser.add_argument("--words", action="store_true",
+                        help="also score the value each image's tokens name in the LLM's word space (training and "
+                             "held-out images; needs the answer sentences of metadata.json)")
     parser.add_argument("--attributes", nargs="+", help="only these attributes (default: all in metadata.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -279,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     results = run_probe(args.cfg_path, args.options, metadata=args.metadata, split=args.split,
                         held_out_fraction=args.held_out_fraction, seed=args.seed, baseline=args.baseline,
-                        attributes=args.attributes, batch_size=args.batch_size)
+                        attributes=args.attributes, batch_size=args.batch_size, words=args.words)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
