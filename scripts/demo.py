@@ -15,7 +15,7 @@
 The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, 5-9 s on 2 cores)
 to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in about a second.
 
-    python scripts/demo.py [--out demo_output] [--n 600] [--align-iters 250] [--iters 45] [--options run.seed=1 ...]
+    python scripts/demo.py [--out demo_output] [--n 2400] [--align-iters 250] [--iters 45] [--options run.seed=1 ...]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run_demo(argv: Optional[Sequence[str]]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where data, runs and reports go")
-    parser.add_argument("--n", type=int, default=600, help="synthetic images to draw")
+    parser.add_argument("--n", type=int, default=2400, help="synthetic images to draw")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the data, of the (frozen, random) vision tower and of the training run")
     parser.add_argument("--face-fraction", type=float, default=0.6, help="share of images that show a face")

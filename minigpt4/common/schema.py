@@ -154,6 +154,11 @@ class ModelConfig:
     # FaceGPT: the scale of the projected image tokens; match_text rescales each to the mean norm of the LLM's token
     # embeddings (no parameters; none = upstream)
     image_token_scale: str = choice_field("none", ["none", "match_text"], help="scale of the projected image tokens")
+    # FaceGPT: what the LLM receives in the image slots; free = the projection's output (upstream); word_mixture =
+    # each token a softmax mixture of the LLM's input embeddings of the image vocabulary (the training answers'
+    # distinguishing words, chosen by run.task=image_text_align and saved in the checkpoint), at the text norm,
+    # sharpened by word_align_temperature (models/word_mixture.py)
+    image_token_space: str = choice_field("free", ["free", "word_mixture"], help="what the image slots receive")
     # FaceGPT: weight of the word-alignment loss on the image tokens (0 = off, upstream's loss only): each image is
     # asked to name the words of its answers with its tokens, compared to the LLM's own token embeddings and weighted
     # by the LLM's loss on each answer token (models/word_align.py); its gradient reaches the tower and projection only

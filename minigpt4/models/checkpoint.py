@@ -17,7 +17,9 @@ Writing (:func:`save_model_checkpoint`): ``{"model": trainable_state_dict, **ext
 checkpoint go through it too, with the run's resolved config under ``"config"``. LoRA keys are
 written without the adapter name (peft 0.2.0 spelling): upstream MiniGPT-4 (peft 0.2.0, ``strict=False``) loads them
 and FaceGPT accepts both. Buffers are not written (upstream's runner kept them, but they are deterministic and
-transformers 5 no longer stores ``inv_freq``); upstream's non-strict load does not need them.
+transformers 5 no longer stores ``inv_freq``); upstream's non-strict load does not need them. The one exception is
+the image vocabulary of a word-mixture model (``image_word_vocab``, token ids chosen from the training data): it is
+learned state, written with the weights and required to load them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from torch import nn
 from minigpt4.common.logger import get_logger
 from minigpt4.common.checkpoint_io import atomic_torch_save, read_weights
 from minigpt4.models.keymap import LoadReport, load_state_dict_strict
+from minigpt4.models.connectors import ModelConfigError
+from minigpt4.models.word_mixture import VOCAB_BUFFER
 
 logger = get_logger(__name__)
 
@@ -58,8 +62,14 @@ def to_upstream_key(name: str) -> str:
 
 
 def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Every parameter with ``requires_grad`` under upstream's names, detached, on CPU."""
-    return {to_upstream_key(n): p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    """Every parameter with ``requires_grad`` under upstream's names, detached, on CPU; plus the image vocabulary
+    of a word-mixture model once it is set (:data:`~minigpt4.models.word_mixture.VOCAB_BUFFER`, learned state
+    that is not a parameter)."""
+    state = {to_upstream_key(n): p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    vocab = getattr(model, VOCAB_BUFFER, None)
+    if isinstance(vocab, torch.Tensor) and vocab.numel():
+        state[VOCAB_BUFFER] = vocab.detach().cpu()
+    return state
 
 
 def save_model_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
@@ -204,6 +214,7 @@ def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, partial: bo
         raise ValueError(
             f"{path}: expected {{'model': {{name: tensor}}}} or a state dict, found {type(state).__name__}"
         )
+    _take_image_vocabulary(model, state, path)
     mapped, renamed, unused, problems = _sort_keys(model, state)
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
@@ -220,6 +231,18 @@ def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, partial: bo
     _add_notes(report, model, trainable)
     report.log(logger)
     return report
+
+
+def _take_image_vocabulary(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Size the model's image vocabulary to the file's (its length is data-dependent) so that the strict load
+    copies it; a file that has one and a model that reads free image tokens is a one-line error."""
+    if VOCAB_BUFFER not in state:
+        return
+    if getattr(model, VOCAB_BUFFER, None) is None:
+        raise ModelConfigError(f"{path} holds an image vocabulary ({VOCAB_BUFFER}, {state[VOCAB_BUFFER].numel()} "
+                               "words): it was trained with model.image_token_space=word_mixture; set that in the "
+                               "config to load it")
+    model.set_image_vocabulary(state[VOCAB_BUFFER])
 
 
 def _add_notes(report: LoadReport, model: nn.Module, trainable: Set[str]) -> None:

@@ -35,6 +35,7 @@ from minigpt4.models.llm import enable_llm_activation_checkpointing
 from minigpt4.models.feature_cache import autocast_state, weights_state
 from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability, vision_feature_cache
 from minigpt4.models.word_align import answer_word_weights, check_word_align, word_align_loss
+from minigpt4.models.word_mixture import VOCAB_BUFFER, mix_words, word_logits, word_mixture_loss
 from minigpt4.models.tokenizer import LLMTokenizer
 from minigpt4.prompting import IGNORE_INDEX, IMAGE_SLOT_ID, PromptError, PromptFormat, SampleEncoder
 from minigpt4.prompting.encoder import TRUNCATION_KEYS
@@ -92,6 +93,8 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         self.prompt_list: List[str] = [] if self.on_meta else load_prompt_list(cfg, self.prompt_format)
         set_trainability(self, cfg)
         self.vision_cache = vision_feature_cache(cfg)
+        if self.word_mixture:  # the image vocabulary: set by the alignment stage or loaded with model.ckpt
+            self.register_buffer(VOCAB_BUFFER, torch.zeros(0, dtype=torch.long))
         if cfg.use_grad_checkpoint_llm and not self.on_meta:
             enable_llm_activation_checkpointing(self.llama_model)
 
@@ -181,16 +184,70 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         return self.llama_model.get_input_embeddings()(ids)
 
     # ------------------------------------------------------------------ images
+    @property
+    def word_mixture(self) -> bool:
+        """``model.image_token_space == "word_mixture"``: the image slots receive word-embedding mixtures."""
+        return self.cfg.get("image_token_space", "free") == "word_mixture"
+
     def encode_img(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Images ``[B, 3, S, S]`` → LLM-space embeddings ``[B, N, H]`` and their attention ``[B, N]``."""
-        if image.dim() == 5:
-            image = image.reshape(-1, *image.shape[-3:])  # (B, T, 3, S, S) -> (B*T, 3, S, S)
-        feats = self.vision_features(image)  # (B, 1+N, D)
-        embeds = self.llama_proj(self.image_tokens(feats))  # (B, n, F) -> (B, n, H)
-        if self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' mean norm
+        """Images ``[B, 3, S, S]`` → LLM-space embeddings ``[B, N, H]`` and their attention ``[B, N]``.
+
+        This is where the image enters the LLM's space: the projected tokens as they are (upstream), at the text
+        norm (``image_token_scale: match_text``), or as mixtures of the image vocabulary's word embeddings
+        (``image_token_space: word_mixture``, :mod:`minigpt4.models.word_mixture`)."""
+        embeds = self.project_image(image)  # (B, n, H)
+        if self.word_mixture:
+            embeds = mix_words(self.image_word_logits(embeds), self.image_vocabulary_embeddings(),
+                               self.text_embedding_norm())  # (B, n, W) -> (B, n, H)
+        elif self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' norm
             embeds = F.normalize(embeds, dim=-1) * self.text_embedding_norm()
         atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, n)
         return embeds, atts
+
+    def project_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` (or ``[B, T, 3, S, S]``) → the projection's output ``[B(*T), n, H]``, before
+        any rescaling or word mixing."""
+        if image.dim() == 5:
+            image = image.reshape(-1, *image.shape[-3:])  # (B, T, 3, S, S) -> (B*T, 3, S, S)
+        feats = self.vision_features(image)  # (B, 1+N, D)
+        return self.llama_proj(self.image_tokens(feats))  # (B, n, F) -> (B, n, H)
+
+    # ------------------------------------------------------------------ the image vocabulary (word_mixture)
+    def image_vocabulary(self) -> torch.Tensor:
+        """The ``[W]`` token ids the image tokens are mixed from; a one-line error when unset."""
+        vocab = getattr(self, VOCAB_BUFFER, None)
+        if not self.word_mixture or vocab is None:
+            raise ModelConfigError("this model reads free image tokens (model.image_token_space=free): it has no "
+                                   "image vocabulary")
+        if vocab.numel() == 0:
+            raise ModelConfigError(
+                "model.image_token_space=word_mixture needs its image vocabulary: train a first stage with "
+                "run.task=image_text_align (it picks the words from the training answers), or load a checkpoint "
+                "written by such a run with model.ckpt")
+        return vocab
+
+    def set_image_vocabulary(self, ids: torch.Tensor) -> None:
+        """Set the image vocabulary (``[W]`` token ids, each inside the LLM's table)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()  # (W,)
+        size = int(self.llama_model.get_input_embeddings().weight.shape[0])
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= size:
+            raise ModelConfigError(f"the image vocabulary must hold at least one token id in [0, {size}), got "
+                                   f"{ids.numel()} ids" + (f" in [{int(ids.min())}, {int(ids.max())}]"
+                                                           if ids.numel() else ""))
+        if not self.word_mixture:
+            raise ModelConfigError("an image vocabulary needs model.image_token_space=word_mixture")
+        setattr(self, VOCAB_BUFFER, ids.to(getattr(self, VOCAB_BUFFER).device))
+
+    def image_vocabulary_embeddings(self) -> torch.Tensor:
+        """``[W, H]``: the LLM's input embeddings of the image vocabulary."""
+        table = self.llama_model.get_input_embeddings().weight  # (V, H)
+        return table[self.image_vocabulary().to(table.device)]
+
+    def image_word_logits(self, projected: torch.Tensor) -> torch.Tensor:
+        """Projected tokens ``[B, n, H]`` → ``[B, n, W]``: cosine with each vocabulary word over
+        ``model.word_align_temperature``."""
+        return word_logits(projected, self.image_vocabulary_embeddings(),
+                           float(self.cfg.get("word_align_temperature", 0.05)))
 
     def vision_features(self, image: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` → the tower's features after ``ln_vision`` ``[B, 1+N, D]``; from
@@ -289,12 +346,13 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         """Connector alignment without the LLM (``run.task: image_text_align``): the word-alignment loss of the
         image tokens against the row's answer tokens, each weighted by ``word_weights[id]`` (``[V]``, e.g.
         :func:`~minigpt4.models.word_align.document_frequency_weights` over the training answers), the softmax over
-        the words with weight. Only the tower and the projection get gradient; the LLM runs no layer (its input
-        embedding table is read)."""
+        the words with weight; with ``image_token_space: word_mixture``,
+        :func:`~minigpt4.models.word_mixture.word_mixture_loss` over the image vocabulary. Only the tower and the
+        projection get gradient; the LLM runs no layer (its input embedding table is read)."""
         batch = self.encode_batch(samples)
         if batch.get("image") is None:
             raise ValueError("image_text_align trains the image tokens: the batch has no images")
-        images = self.encode_img(batch["image"])[0]  # (B, N, H)
+        images = self.project_image(batch["image"])  # (B, N, H); the loss compares directions (cosine) only
         labels = batch["labels"].to(images.device)  # (B, L)
         rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (T,) each
         ids = labels[rows, cols]  # (T,)
@@ -305,6 +363,9 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         present = answer_word_weights(rows, ids, torch.ones(ids.shape, device=ids.device), images.shape[0],
                                       table.shape[0], self.tokenizer.special_ids) > 0  # (B, V)
         words = present.float() * word_weights.to(images.device)[None, :]  # (B, V): each word once, at its weight
+        if self.word_mixture:  # the tokens' word distributions against the answers' words, over the vocabulary
+            vocab = self.image_vocabulary().to(images.device)  # (W,)
+            return {"loss": word_mixture_loss(self.image_word_logits(images), words[:, vocab])}  # (B, N, W), (B, W)
         vocab = torch.nonzero(word_weights > 0)[:, 0].to(images.device)  # (W,): the words some answer weighs
         # the softmax runs over the answers' own words: the image picks its words among the data's, and a step
         # costs [B·N, H] x [H, W] instead of the whole vocabulary

@@ -20,7 +20,8 @@ the price of one ``[B·N, H] x [H, V]`` matmul.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections import Counter, defaultdict
+from typing import Dict, Hashable, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -81,4 +82,34 @@ def document_frequency_weights(documents: Iterable[Iterable[int]], vocab_size: i
     weights = torch.zeros(vocab_size, dtype=torch.float32)
     seen = df > 0
     weights[seen] = torch.log(count / df[seen]).float()
+    return weights
+
+
+#: answers to one question text below this many are weighed with the rest of their dataset instead
+MIN_QUESTION_ANSWERS = 10
+
+
+def question_rarity_weights(answers: Iterable[Tuple[Hashable, str, Iterable[int]]], vocab_size: int,
+                            min_answers: int = MIN_QUESTION_ANSWERS) -> torch.Tensor:
+    """``[V]``: each word's rarity among the answers *to the same question*, its largest over the questions.
+
+    ``answers`` holds ``(dataset, question, token ids)`` per answer. Answers are grouped by dataset and question
+    text (case and spacing ignored); a group of fewer than ``min_answers`` answers joins its dataset's pool (free-form
+    questions, e.g. ShareGPT's, each asked once). Within a group a word weighs ``log(D_g / df_g)``
+    (:func:`document_frequency_weights`): a word that every answer to "What colour is the hair?" has ("hair") weighs
+    0 there, the word that tells those answers apart ("blond") the most; a word's weight is its largest over the
+    groups. Rarity over all answers at once would instead weigh "hair" as much as "blond" (it is absent from the
+    other questions' answers), and an image's tokens would spend themselves on naming which questions were asked.
+    """
+    items = [(dataset, " ".join(str(question).lower().split()), list(ids)) for dataset, question, ids in answers]
+    if not items:
+        raise ValueError("no answers to weigh the words by: the training split is empty")
+    sizes = Counter((dataset, question) for dataset, question, _ in items)
+    groups: Dict[Tuple[Hashable, Optional[str]], List[List[int]]] = defaultdict(list)
+    for dataset, question, ids in items:
+        key = (dataset, question) if sizes[(dataset, question)] >= min_answers else (dataset, None)
+        groups[key].append(ids)
+    weights = torch.zeros(vocab_size, dtype=torch.float32)  # (V,)
+    for docs in groups.values():
+        weights = torch.maximum(weights, document_frequency_weights(docs, vocab_size))
     return weights

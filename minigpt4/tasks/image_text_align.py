@@ -2,26 +2,30 @@
 
 The image tokens are pulled towards the LLM's input embeddings of the words their answers use
 (:meth:`~minigpt4.models.minigpt_base.MiniGPTBase.word_align_step`), each word weighted by how rare it is among
-the training answers (``log(D / df)``, :func:`~minigpt4.models.word_align.document_frequency_weights`): template
-words that every answer has ("The", "person", ".") weigh nothing, the words that tell images apart ("blond",
-"striped", "IV") the most. One step costs the tower, the projection and one ``[B·N, H] x [H, V]`` matmul, not the
-LLM's layers, so it runs on far more images per second than the answer loss; it is a warm-up stage (as MiniGPT-4's
-stage 1 aligns before it instructs), followed by ``image_text_pretrain`` from its checkpoint.
+the training answers *to the same question* (:func:`~minigpt4.models.word_align.question_rarity_weights`): template
+words that every answer has ("The", "person", ".") and the words every answer to one question has ("hair" in the
+hair-colour answers) weigh nothing there, the words that tell images apart ("blond", "striped", "IV") the most.
+One step costs the tower, the projection and one ``[B·N, H] x [H, W]`` matmul, not the LLM's layers, so it runs on
+far more images per second than the answer loss; it is a warm-up stage (as MiniGPT-4's stage 1 aligns before it
+instructs), followed by ``image_text_pretrain`` from its checkpoint.
 
-The weights are computed once, at the first step, from every training split of the run (their records' answers
-through the model's tokenizer); a dataset that streams (shards) has no records in memory and is refused.
+The weights are computed once, when the model is built, from every training split of the run (their records'
+answers through the model's tokenizer); a dataset that streams (shards) has no records in memory and is refused.
+A word-mixture model (``model.image_token_space: word_mixture``) without an image vocabulary gets the words with
+weight as its vocabulary then (saved in this stage's checkpoint; a vocabulary loaded with ``model.ckpt`` is kept).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
-from minigpt4.models.word_align import document_frequency_weights
+from minigpt4.models.word_align import question_rarity_weights
+from minigpt4.models.word_mixture import VOCAB_BUFFER
 from minigpt4.tasks.base_task import BaseTask
 
 logger = get_logger(__name__)
@@ -44,7 +48,9 @@ class ImageTextAlignTask(BaseTask):
         self.datasets = super().build_datasets(cfg)
         return self.datasets
 
-    def _answers(self) -> Iterator[List[str]]:
+    def _answers(self) -> Iterator[Tuple[str, str, str]]:
+        """``(dataset, question, answer)`` for every answer of every training record (a caption record's question
+        is empty)."""
         for name, splits in self.datasets.items():
             train = splits.get("train")
             records = getattr(train, "annotation", None)
@@ -53,20 +59,41 @@ class ImageTextAlignTask(BaseTask):
                                  f"datasets.{name} streams (shards) and holds no records in memory; train this stage "
                                  "from the JSON annotation files")
             for rec in records:
-                yield list(rec.answers) if hasattr(rec, "answers") else [str(rec.get("caption", ""))]
+                if not hasattr(rec, "answers"):
+                    yield name, "", str(rec.get("caption", ""))
+                    continue
+                questions = list(getattr(rec, "questions", ()))
+                for i, answer in enumerate(rec.answers):
+                    yield name, questions[i] if i < len(questions) else "", answer
+
+    def build_model(self, cfg: Any) -> nn.Module:
+        """The model (``model.ckpt`` loaded), with the word weights computed and, for a word-mixture model without
+        one, its image vocabulary set, before any wrapper (DDP, FSDP) sees its buffers."""
+        model = super().build_model(cfg)
+        weights = self.weights_for(model)
+        if getattr(model, "word_mixture", False) and getattr(model, VOCAB_BUFFER).numel() == 0:
+            vocab = torch.nonzero(weights > 0)[:, 0]  # (W,)
+            model.set_image_vocabulary(vocab)
+            tokenizer = model.tokenizer
+            logger.info("image_text_align: the image tokens mix %d words of the training answers (e.g. %s)",
+                        vocab.numel(), ", ".join(repr(tokenizer.decode([int(t)])) for t in vocab[:8]))
+        return model
 
     def weights_for(self, model: nn.Module) -> torch.Tensor:
-        """The ``[V]`` word weights (computed on first use)."""
+        """The ``[V]`` word weights (computed on first use; special tokens weigh 0)."""
         if self.word_weights is None:
             inner = _unwrap(model)
             vocab = inner.llama_model.get_input_embeddings().weight.shape[0]
             tokenizer = inner.tokenizer
-            docs = ([t for answer in answers for t in tokenizer.encode(answer)]
-                    for answers in self._answers())
-            self.word_weights = document_frequency_weights(docs, vocab)
+            answers = ((name, question, tokenizer.encode(answer)) for name, question, answer in self._answers())
+            weights = question_rarity_weights(answers, vocab)
+            special = torch.tensor([t for t in tokenizer.special_ids if 0 <= int(t) < vocab], dtype=torch.long)
+            weights[special] = 0.0
+            self.word_weights = weights
             top = torch.topk(self.word_weights, 5).indices.tolist()
-            logger.info("image_text_align: words weighted by rarity over the training answers (0 for words every "
-                        "answer has); the rarest: %s", ", ".join(repr(tokenizer.decode([t])) for t in top))
+            logger.info("image_text_align: %d words weighted by rarity among the answers to the same question (0 "
+                        "for words all of them have); the rarest: %s", int((weights > 0).sum()),
+                        ", ".join(repr(tokenizer.decode([t])) for t in top))
         return self.word_weights
 
     def train_step(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:

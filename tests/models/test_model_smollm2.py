@@ -31,6 +31,8 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     torch.manual_seed(0)
     model = MiniGPTv2.from_config(cfg).eval()
     hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert cfg.image_token_space == "word_mixture"  # the preset's image tokens mix words an align stage picks
+    model.set_image_vocabulary(torch.tensor(hf.encode(" happy sad blond", add_special_tokens=False)))
     tok = model.llama_tokenizer
     assert isinstance(tok, HFTokenizer) and model.llm_hidden_size == 576
     assert (tok.pad_token, model.end_sym, model.prompt_format.adds_bos) == ("<|im_end|>", "<|im_end|>", False)
@@ -43,7 +45,7 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     assert rendered.startswith(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>")
     before, after = rendered.split("<ImageHere>")
     enc = lambda text: hf.encode(text, add_special_tokens=False)  # noqa: E731
-    n_image = (cfg.image_size // 14) ** 2 // 4  # patches, merged 4 at a time
+    n_image = (cfg.image_size // 14) ** 2 // cfg.merge_tokens  # patches, merged model.merge_tokens at a time
     head = enc(before) + [-1] * n_image + enc(after)
     answer = enc("A smiling woman.<|im_end|>")
     assert answer[-1] == hf.convert_tokens_to_ids("<|im_end|>")

@@ -53,8 +53,9 @@ def test_align_stage_trains_the_projection_alone_and_stage_two_starts_from_it(
     grouped = runner.datasets["facegpt4vision"]["train"].annotation
     assert any(len(r.questions) > 1 for r in grouped), "group_by_image put an image's questions in one sample"
     records = [r for splits in runner.datasets.values() for r in splits["train"].annotation]
-    every = set.intersection(*[{t for a in r.answers for t in tokenizer.encode(a)} for r in records])
-    assert all(float(weights[t]) == 0 for t in every)  # a word in every training answer weighs nothing
+    every = set.intersection(*[set(tokenizer.encode(a)) for r in records for a in r.answers])
+    assert every and all(float(weights[t]) == 0 for t in every)  # a word in every training answer weighs nothing
+    assert all(float(weights[t]) == 0 for t in tokenizer.special_ids if t < vocab)
     state = torch.load(aligned, map_location="cpu", weights_only=True)["model"]
     lora = [k for k in state if "lora_" in k]
     assert lora and all(torch.equal(state[k], init[k]) for k in lora)  # no LLM layer ran: LoRA is untouched
@@ -99,3 +100,26 @@ def test_align_stage_refuses_streamed_datasets_with_the_fix() -> None:
     task.datasets = {"facegpt4vision": {"train": Streamed()}}
     with pytest.raises(ValueError, match=r"datasets.facegpt4vision streams \(shards\).*JSON annotation files"):
         list(task._answers())
+
+
+def test_align_stage_of_a_word_mixture_model_picks_its_vocabulary_and_saves_it_for_stage_two(
+        tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from minigpt4.common.config import load_config
+    from minigpt4.common.registry import registry
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
+            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=2",
+            "run.amp=False", "model.image_token_space=word_mixture"]
+    _, keep, aligned = _run([*base, "run.task=image_text_align", "run.job_name=align"])
+    runner = keep["runner"]
+    weights = runner.task.word_weights
+    vocab = runner.unwrapped_model.image_vocabulary()
+    assert torch.equal(vocab.cpu(), torch.nonzero(weights > 0)[:, 0])  # the words some answer weighs, no other
+    assert 0 < vocab.numel() < weights.shape[0]
+    state = torch.load(aligned, map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(state["image_word_vocab"], vocab.cpu())
+    del keep, runner
+    stage2 = registry.get_model_class("minigpt_v2").from_config(load_config(CFG, [*base, f"model.ckpt={aligned}"]).model)
+    assert torch.equal(stage2.image_vocabulary(), vocab.cpu())

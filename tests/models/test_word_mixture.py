@@ -1,0 +1,176 @@
+"""``model.image_token_space: word_mixture``: image tokens as mixtures of the LLM's word embeddings, their alignment
+loss, the question-wise word weights, and the image vocabulary's trip through a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt4.models.connectors import ModelConfigError
+from minigpt4.models.word_align import question_rarity_weights
+from minigpt4.models.word_mixture import VOCAB_BUFFER, mix_words, word_logits, word_mixture_loss
+
+V2_Q = "<Img><ImageHere></Img> [vqa] What colour is the hair?"
+
+
+def _batch(answers: list, size: int, seed: int = 0) -> Dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    n = len(answers)
+    return {"image": torch.randn(n, 3, size, size, generator=gen), "instruction_input": [V2_Q] * n,
+            "answer": list(answers), "image_id": [str(i) for i in range(n)], "section": [""] * n, "skipped": 0}
+
+
+def test_mixed_tokens_are_softmax_mixtures_of_the_words_at_the_given_norm() -> None:
+    gen = torch.Generator().manual_seed(0)
+    words = torch.randn(5, 8, generator=gen)  # (W, H)
+    tokens = torch.randn(2, 3, 8, generator=gen)  # (B, N, H)
+    logits = word_logits(tokens, words, temperature=0.5)
+    for b in range(2):
+        for n in range(3):
+            for w in range(5):
+                cos = float(F.cosine_similarity(tokens[b, n], words[w], dim=0))
+                assert math.isclose(float(logits[b, n, w]), cos / 0.5, rel_tol=1e-5, abs_tol=1e-6)
+    out = mix_words(logits, words, norm=3.0)
+    want = torch.einsum("bnw,wh->bnh", logits.softmax(-1), words)  # each token a convex mixture of the words
+    torch.testing.assert_close(F.normalize(out, dim=-1), F.normalize(want, dim=-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((2, 3), 3.0), rtol=1e-5, atol=1e-6)
+    # a token pointing at word 2, sharply: the LLM reads (nearly) word 2 itself
+    sharp = mix_words(word_logits(words[2].expand(1, 1, 8) * 7.0, words, 0.01), words, float(words[2].norm()))
+    torch.testing.assert_close(sharp[0, 0], words[2], rtol=1e-3, atol=1e-3)
+
+
+def test_word_mixture_loss_is_the_cross_entropy_against_the_tokens_mean_distribution() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 4, 6, generator=gen)  # (B, N, W)
+    targets = torch.zeros(3, 6)
+    targets[0, 1], targets[0, 4] = 1.0, 3.0
+    targets[2, 0] = 0.5  # row 1 has no weighted word: left out of the mean
+    loss = word_mixture_loss(logits, targets)
+    want = []
+    for row in (0, 2):
+        mean = logits[row].softmax(-1).mean(0)  # (W,)
+        dist = targets[row] / targets[row].sum()
+        want.append(-sum(float(dist[w]) * math.log(float(mean[w])) for w in range(6) if dist[w] > 0))
+    assert math.isclose(float(loss), sum(want) / 2, rel_tol=1e-5)
+    empty = word_mixture_loss(logits.requires_grad_(), torch.zeros(3, 6))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_word_mixture_loss_teaches_free_tokens_to_name_their_images_words() -> None:
+    gen = torch.Generator().manual_seed(2)
+    words = torch.randn(6, 16, generator=gen)  # (W, H)
+    tokens = torch.randn(4, 2, 16, generator=gen, requires_grad=True)  # (B, N, H)
+    targets = torch.zeros(4, 6)
+    for row, word in enumerate([0, 3, 5, 3]):
+        targets[row, word] = 1.0
+    opt = torch.optim.Adam([tokens], lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        word_mixture_loss(word_logits(tokens, words, 0.1), targets).backward()
+        opt.step()
+    named = word_logits(tokens, words, 0.1).softmax(-1).mean(1).argmax(-1)  # (B,): the word each image names
+    assert named.tolist() == [0, 3, 5, 3]
+
+
+def test_question_rarity_weights_are_the_largest_rarity_among_answers_to_the_same_question() -> None:
+    # "hair" (1) is in every answer to the hair question (ten answers): 0 there; in a third of the pooled answers
+    # of the short questions it is rare; "blond" (2) is in half the hair answers: log 2
+    hair = [("faces", "What colour is the hair?", [1, 2 if i % 2 else 3]) for i in range(10)]
+    pooled = [("faces", "Hat?", [1, 5]), ("faces", "Shoes?", [4, 5]), ("faces", "Coat?", [4, 5])]  # 3 questions < 10
+    other = [("captions", "What colour is the hair?", [1, 2])]  # another dataset: its own pool
+    weights = question_rarity_weights(hair + pooled + other, vocab_size=8)
+    assert float(weights[2]) == pytest.approx(math.log(2))
+    assert float(weights[3]) == pytest.approx(math.log(2))
+    assert float(weights[1]) == pytest.approx(math.log(3))  # 0 among hair answers, log(3/1) in the pool
+    assert float(weights[4]) == pytest.approx(math.log(3 / 2))
+    assert float(weights[5]) == 0.0 and float(weights[0]) == 0.0 and float(weights[7]) == 0.0
+    spaced = [("faces", "  what COLOUR is the  hair? ", ids) for _, _, ids in hair]  # case and spacing ignored
+    torch.testing.assert_close(question_rarity_weights(spaced + pooled + other, 8), weights)
+    alone = question_rarity_weights(hair, vocab_size=8, min_answers=11)  # too few: pooled per dataset, same set
+    assert float(alone[1]) == 0.0
+    with pytest.raises(ValueError, match="training split is empty"):
+        question_rarity_weights([], vocab_size=8)
+
+
+def test_a_word_mixture_model_reads_its_vocabularys_words_and_refuses_to_run_without_one(
+        tiny_model: Callable[..., Any]) -> None:
+    model = tiny_model("minigpt_v2", image_token_space="word_mixture", word_align_temperature=0.2)
+    size = model.cfg.image_size
+    images = torch.randn(2, 3, size, size)
+    with pytest.raises(ModelConfigError, match="needs its image vocabulary: train a first stage with "
+                                               "run.task=image_text_align"):
+        model.encode_img(images)
+    vocab = torch.tensor([7, 11, 12, 40, 41])
+    model.set_image_vocabulary(vocab)
+    table = model.llama_model.get_input_embeddings().weight  # (V, H)
+    with torch.no_grad():
+        out, atts = model.encode_img(images)  # (B, N, H)
+        projected = model.project_image(images)
+    want = mix_words(word_logits(projected, table[vocab], 0.2), table[vocab], model.text_embedding_norm())
+    torch.testing.assert_close(out, want)
+    assert atts.shape == out.shape[:-1] == (2, model.num_image_tokens)
+    # every token lies in the span of the five words: its residual after projecting on them is zero
+    basis = torch.linalg.qr(table[vocab].T.float())[0]  # (H, 5)
+    residual = out - (out @ basis) @ basis.T
+    assert float(residual.abs().max()) < 1e-4 * float(out.abs().max())
+    with pytest.raises(ModelConfigError, match=r"at least one token id in \[0, "):
+        model.set_image_vocabulary(torch.tensor([3, table.shape[0]]))
+    with pytest.raises(ModelConfigError, match="needs model.image_token_space=word_mixture"):
+        tiny_model("minigpt_v2").set_image_vocabulary(vocab)
+
+
+def test_the_align_step_of_a_word_mixture_model_is_the_mixture_loss_on_the_projection_only(
+        tiny_model: Callable[..., Any]) -> None:
+    from minigpt4.models.word_align import answer_word_weights
+    from minigpt4.prompting import IGNORE_INDEX
+
+    model = tiny_model("minigpt_v2", image_token_space="word_mixture", word_align_temperature=0.1).train()
+    answers = ["Red red hair.", "Grey hair."]
+    batch = _batch(answers, model.cfg.image_size)
+    table = model.llama_model.get_input_embeddings().weight
+    weights = question_rarity_weights([("d", "q", model.tokenizer.encode(a)) for a in answers], table.shape[0],
+                                      min_answers=1)
+    vocab = torch.nonzero(weights > 0)[:, 0]
+    model.set_image_vocabulary(vocab)
+    out = model.word_align_step(batch, weights)
+    encoded = model.encode_batch(batch)
+    rows, cols = torch.nonzero(encoded["labels"] != IGNORE_INDEX, as_tuple=True)
+    ids = encoded["labels"][rows, cols]
+    present = answer_word_weights(rows, ids, torch.ones(ids.shape), 2, table.shape[0], model.tokenizer.special_ids) > 0
+    logits = word_logits(model.project_image(batch["image"]), table[vocab], 0.1)
+    torch.testing.assert_close(out["loss"], word_mixture_loss(logits, (present.float() * weights)[:, vocab]))
+    model.zero_grad()
+    out["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(g is not None and float(g.abs().sum()) > 0 for n, g in grads.items() if n.startswith("llama_proj"))
+    assert all(g is None for n, g in grads.items() if n.startswith("llama_model"))
+
+
+def test_the_image_vocabulary_travels_in_the_checkpoint_and_only_into_a_word_mixture_model(
+        tiny_model: Callable[..., Any], tmp_path: Path) -> None:
+    from minigpt4.models.checkpoint import load_model_checkpoint, save_model_checkpoint
+
+    trained = tiny_model("minigpt_v2", image_token_space="word_mixture")
+    with pytest.raises(ModelConfigError):  # nothing to save yet: no vocabulary in the file either
+        trained.image_vocabulary()
+    assert VOCAB_BUFFER not in trained.trainable_state_dict()
+    trained.set_image_vocabulary(torch.tensor([5, 9, 30]))
+    with torch.no_grad():
+        trained.llama_proj.weight.mul_(3.0)  # weights that differ from a fresh model's
+    path = save_model_checkpoint(trained, tmp_path / "mix.pth")
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert state[VOCAB_BUFFER].tolist() == [5, 9, 30]
+    fresh = tiny_model("minigpt_v2", image_token_space="word_mixture")
+    report = load_model_checkpoint(fresh, path)
+    assert VOCAB_BUFFER in report.matched and fresh.image_vocabulary().tolist() == [5, 9, 30]
+    images = torch.randn(1, 3, fresh.cfg.image_size, fresh.cfg.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_img(images)[0], trained.encode_img(images)[0])
+    with pytest.raises(ModelConfigError, match=r"mix\.pth holds an image vocabulary .*trained with "
+                                               r"model.image_token_space=word_mixture; set that in the config"):
+        load_model_checkpoint(tiny_model("minigpt_v2"), path)
