@@ -345,8 +345,9 @@ class MiniGPTBase(GenerationMixin, nn.Module):
     def word_align_step(self, samples: Dict[str, Any], word_weights: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Connector alignment without the LLM (``run.task: image_text_align``): the word-alignment loss of the
         image tokens against the row's answer tokens, each weighted by ``word_weights[id]`` (``[V]``, e.g.
-        :func:`~minigpt4.models.word_align.document_frequency_weights` over the training answers), the softmax over
-        the words with weight; with ``image_token_space: word_mixture``,
+        :func:`~minigpt4.models.word_align.document_frequency_weights` over the training answers) or
+        ``word_weights[row, id]`` (``[B, V]``, each row's own weights, :class:`~minigpt4.models.word_align.
+        AnswerWordWeights`), the softmax over the words with weight; with ``image_token_space: word_mixture``,
         :func:`~minigpt4.models.word_mixture.word_mixture_loss` over the image vocabulary. Only the tower and the
         projection get gradient; the LLM runs no layer (its input embedding table is read)."""
         batch = self.encode_batch(samples)
@@ -357,16 +358,17 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         rows, cols = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)  # (T,) each
         ids = labels[rows, cols]  # (T,)
         table = self.llama_model.get_input_embeddings().weight  # (V, H)
-        if word_weights.shape != (table.shape[0],):
-            raise ValueError(f"word_weights has shape {tuple(word_weights.shape)}; the LLM's vocabulary has "
-                             f"{table.shape[0]} rows")
+        if word_weights.shape not in ((table.shape[0],), (images.shape[0], table.shape[0])):
+            raise ValueError(f"word_weights has shape {tuple(word_weights.shape)}; expected ({table.shape[0]},) or "
+                             f"({images.shape[0]}, {table.shape[0]}) (the LLM's vocabulary, per row of the batch)")
         present = answer_word_weights(rows, ids, torch.ones(ids.shape, device=ids.device), images.shape[0],
                                       table.shape[0], self.tokenizer.special_ids) > 0  # (B, V)
-        words = present.float() * word_weights.to(images.device)[None, :]  # (B, V): each word once, at its weight
+        per_row = word_weights.to(images.device).float().expand(images.shape[0], -1)  # (V,) or (B, V) -> (B, V)
+        words = present.float() * per_row  # (B, V): each word of a row's answers once, at its weight
         if self.word_mixture:  # the tokens' word distributions against the answers' words, over the vocabulary
             vocab = self.image_vocabulary().to(images.device)  # (W,)
             return {"loss": word_mixture_loss(self.image_word_logits(images), words[:, vocab])}  # (B, N, W), (B, W)
-        vocab = torch.nonzero(word_weights > 0)[:, 0].to(images.device)  # (W,): the words some answer weighs
+        vocab = torch.nonzero((per_row > 0).any(dim=0))[:, 0]  # (W,): the words some answer weighs
         # the softmax runs over the answers' own words: the image picks its words among the data's, and a step
         # costs [B·N, H] x [H, W] instead of the whole vocabulary
         loss = word_align_loss(images, words[:, vocab], table[vocab],

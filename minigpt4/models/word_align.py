@@ -20,8 +20,9 @@ the price of one ``[B·N, H] x [H, V]`` matmul.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
-from typing import Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,17 @@ def document_frequency_weights(documents: Iterable[Iterable[int]], vocab_size: i
 MIN_QUESTION_ANSWERS = 10
 
 
+def _question_groups(items: List[Tuple[Hashable, str, Any]], min_answers: int) -> Dict[Tuple[Hashable, Optional[str]], List[Any]]:
+    """``(dataset, question, x)`` → ``{group: [x, ...]}``: by dataset and question text (case and spacing ignored);
+    a question with fewer than ``min_answers`` answers joins its dataset's pool (key ``(dataset, None)``)."""
+    keyed = [(dataset, " ".join(str(question).lower().split()), x) for dataset, question, x in items]
+    sizes = Counter((dataset, question) for dataset, question, _ in keyed)
+    groups: Dict[Tuple[Hashable, Optional[str]], List[Any]] = defaultdict(list)
+    for dataset, question, x in keyed:
+        groups[(dataset, question) if sizes[(dataset, question)] >= min_answers else (dataset, None)].append(x)
+    return dict(groups)
+
+
 def question_rarity_weights(answers: Iterable[Tuple[Hashable, str, Iterable[int]]], vocab_size: int,
                             min_answers: int = MIN_QUESTION_ANSWERS) -> torch.Tensor:
     """``[V]``: each word's rarity among the answers *to the same question*, its largest over the questions.
@@ -97,19 +109,64 @@ def question_rarity_weights(answers: Iterable[Tuple[Hashable, str, Iterable[int]
     text (case and spacing ignored); a group of fewer than ``min_answers`` answers joins its dataset's pool (free-form
     questions, e.g. ShareGPT's, each asked once). Within a group a word weighs ``log(D_g / df_g)``
     (:func:`document_frequency_weights`): a word that every answer to "What colour is the hair?" has ("hair") weighs
-    0 there, the word that tells those answers apart ("blond") the most; a word's weight is its largest over the
-    groups. Rarity over all answers at once would instead weigh "hair" as much as "blond" (it is absent from the
-    other questions' answers), and an image's tokens would spend themselves on naming which questions were asked.
+    0 there, the word that tells those answers apart ("blond") the most. Rarity over all answers at once would
+    instead weigh "hair" as much as "blond" (it is absent from the other questions' answers), and an image's tokens
+    would spend themselves on naming which questions were asked. :class:`AnswerWordWeights` gives each answer its
+    own question's weights; this is their largest over the questions (which words any answer weighs).
     """
-    items = [(dataset, " ".join(str(question).lower().split()), list(ids)) for dataset, question, ids in answers]
+    items = [(dataset, question, list(ids)) for dataset, question, ids in answers]
     if not items:
         raise ValueError("no answers to weigh the words by: the training split is empty")
-    sizes = Counter((dataset, question) for dataset, question, _ in items)
-    groups: Dict[Tuple[Hashable, Optional[str]], List[List[int]]] = defaultdict(list)
-    for dataset, question, ids in items:
-        key = (dataset, question) if sizes[(dataset, question)] >= min_answers else (dataset, None)
-        groups[key].append(ids)
     weights = torch.zeros(vocab_size, dtype=torch.float32)  # (V,)
-    for docs in groups.values():
+    for docs in _question_groups(items, min_answers).values():
         weights = torch.maximum(weights, document_frequency_weights(docs, vocab_size))
     return weights
+
+
+class AnswerWordWeights:
+    """Each training answer's words at their rarity among the answers to *its* question
+    (:func:`question_rarity_weights`' groups): in "Yes, this is a human face." the words "human" and "face" weigh
+    0 (every answer to that question has them) even where another question's answers make them rare.
+
+    :meth:`rows` gives the ``[B, V]`` targets of a batch from its answer texts; an answer not seen in training
+    (validation) gets its words' largest weight over the questions (:attr:`overall`).
+    """
+
+    def __init__(self, answers: Iterable[Tuple[Hashable, str, str]], tokenize: Callable[[str], Sequence[int]],
+                 vocab_size: int, min_answers: int = MIN_QUESTION_ANSWERS, exclude_ids: Iterable[int] = ()) -> None:
+        self.vocab_size = int(vocab_size)
+        self._tokenize = tokenize
+        self._exclude = {int(t) for t in exclude_ids}
+        self._tokens: Dict[str, List[int]] = {}
+        items = [(dataset, question, str(answer)) for dataset, question, answer in answers]
+        if not items:
+            raise ValueError("no answers to weigh the words by: the training split is empty")
+        self.per_answer: Dict[str, Dict[int, float]] = {}
+        self.overall = torch.zeros(self.vocab_size, dtype=torch.float32)  # (V,)
+        for texts in _question_groups(items, min_answers).values():
+            df = Counter(t for text in texts for t in set(self.tokens(text)))
+            weight = {t: math.log(len(texts) / c) for t, c in df.items()}
+            for t, w in weight.items():
+                self.overall[t] = max(float(self.overall[t]), w)
+            for text in set(texts):
+                mine = self.per_answer.setdefault(text, {})
+                for t in self.tokens(text):
+                    mine[t] = max(mine.get(t, 0.0), weight[t])
+
+    def tokens(self, text: str) -> List[int]:
+        """The distinct token ids of ``text`` inside the table, special tokens left out (cached)."""
+        if text not in self._tokens:
+            self._tokens[text] = sorted({int(t) for t in self._tokenize(text)
+                                         if 0 <= int(t) < self.vocab_size and int(t) not in self._exclude})
+        return self._tokens[text]
+
+    def rows(self, answers: Sequence[Sequence[str]]) -> torch.Tensor:
+        """``[B, V]``: per row (one sample's answers), each word at its largest weight among the row's answers."""
+        table = torch.zeros(len(answers), self.vocab_size, dtype=torch.float32)  # (B, V)
+        for row, texts in enumerate(answers):
+            for text in texts:
+                known = self.per_answer.get(text)
+                for t in self.tokens(text):
+                    w = known.get(t, 0.0) if known is not None else float(self.overall[t])
+                    table[row, t] = max(float(table[row, t]), w)
+        return table

@@ -24,7 +24,7 @@ from torch import nn
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
-from minigpt4.models.word_align import question_rarity_weights
+from minigpt4.models.word_align import AnswerWordWeights
 from minigpt4.models.word_mixture import VOCAB_BUFFER
 from minigpt4.tasks.base_task import BaseTask
 
@@ -43,6 +43,7 @@ class ImageTextAlignTask(BaseTask):
         super().__init__()
         self.datasets: Dict[str, Dict[str, Any]] = {}
         self.word_weights: Optional[torch.Tensor] = None
+        self.answer_weights: Optional[AnswerWordWeights] = None
 
     def build_datasets(self, cfg: Any) -> Dict[str, Dict[str, Any]]:
         self.datasets = super().build_datasets(cfg)
@@ -80,24 +81,39 @@ class ImageTextAlignTask(BaseTask):
         return model
 
     def weights_for(self, model: nn.Module) -> torch.Tensor:
-        """The ``[V]`` word weights (computed on first use; special tokens weigh 0)."""
-        if self.word_weights is None:
+        """The ``[V]`` word weights: each word's largest rarity over the questions (computed on first use; special
+        tokens weigh 0). A word-mixture model's vocabulary is the words with weight."""
+        return self.answer_weights_for(model).overall
+
+    def answer_weights_for(self, model: nn.Module) -> AnswerWordWeights:
+        """Each training answer's words at their rarity among the answers to its question (computed once)."""
+        if self.answer_weights is None:
             inner = _unwrap(model)
-            vocab = inner.llama_model.get_input_embeddings().weight.shape[0]
             tokenizer = inner.tokenizer
-            answers = ((name, question, tokenizer.encode(answer)) for name, question, answer in self._answers())
-            weights = question_rarity_weights(answers, vocab)
-            special = torch.tensor([t for t in tokenizer.special_ids if 0 <= int(t) < vocab], dtype=torch.long)
-            weights[special] = 0.0
-            self.word_weights = weights
+            self.answer_weights = AnswerWordWeights(self._answers(), tokenizer.encode,
+                                                    inner.llama_model.get_input_embeddings().weight.shape[0],
+                                                    exclude_ids=tokenizer.special_ids)
+            self.word_weights = self.answer_weights.overall
             top = torch.topk(self.word_weights, 5).indices.tolist()
             logger.info("image_text_align: %d words weighted by rarity among the answers to the same question (0 "
-                        "for words all of them have); the rarest: %s", int((weights > 0).sum()),
+                        "for words all of them have); the rarest: %s", int((self.word_weights > 0).sum()),
                         ", ".join(repr(tokenizer.decode([t])) for t in top))
-        return self.word_weights
+        return self.answer_weights
+
+    def batch_weights(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:
+        """``[B, V]``: each sample's answer words at their own question's weights; ``[V]`` (:meth:`weights_for`)
+        for a batch without answer texts."""
+        if "conv_a" in samples:
+            answers = [list(turns) for turns in samples["conv_a"]]
+        elif "answer" in samples:
+            answers = [[str(a)] for a in samples["answer"]]
+        else:
+            return self.weights_for(model)
+        return self.answer_weights_for(model).rows(answers)
 
     def train_step(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:
-        return model(samples, align_words=self.weights_for(model))["loss"]  # through the DDP/FSDP wrapper's forward
+        # through the DDP/FSDP wrapper's forward
+        return model(samples, align_words=self.batch_weights(model, samples))["loss"]
 
     def valid_step(self, model: nn.Module, samples: Dict[str, Any]) -> torch.Tensor:
-        return model(samples, align_words=self.weights_for(model))["loss"]
+        return model(samples, align_words=self.batch_weights(model, samples))["loss"]

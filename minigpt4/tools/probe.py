@@ -4,8 +4,8 @@ For every attribute of a synthetic data set's ``metadata.json`` (``facegpt-data 
 classifier in closed form, its regularisation chosen by cross-validation on the probe's training images) is fit on
 
 * ``tower``: the vision tower's features after ``ln_vision``, averaged over the patch tokens (``[B, D]``), and
-* ``tokens``: the projected image tokens the LLM sees, ``llama_proj`` of the connector's output, flattened
-  (``[B, n·H]``),
+* ``tokens``: the projected image tokens the LLM sees, ``llama_proj`` of the connector's output (for a
+  word-mixture model with its vocabulary, the word mixtures made of it), flattened (``[B, n·H]``),
 
 and scored on held-out images, next to uniform chance and the majority label's share. With ``--baseline`` the
 same probes also run on the model as the config builds it without ``model.ckpt`` (the untrained tower), so one
@@ -39,6 +39,7 @@ import torch
 
 from minigpt4.common.errors import UserError, entry_point
 from minigpt4.common.logger import get_logger, setup_logging
+from minigpt4.models.word_mixture import VOCAB_BUFFER, mix_words
 
 logger = get_logger(__name__)
 
@@ -112,6 +113,12 @@ def probe_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
 
 # ------------------------------------------------------------------------------------------- features
 @torch.no_grad()
+def _has_image_vocabulary(model: Any) -> bool:
+    """A word-mixture model whose vocabulary is set (an untrained one has none: its projection is probed)."""
+    vocab = getattr(model, VOCAB_BUFFER, None) if getattr(model, "word_mixture", False) else None
+    return vocab is not None and vocab.numel() > 0
+
+
 def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Dict[str, torch.Tensor]:
     """``pixels`` ``[B, 3, S, S]`` → ``{"tower": [B, D], "tokens": [B, n*H]}`` (see the module docstring)."""
     tower, tokens = [], []
@@ -124,6 +131,9 @@ def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Di
             feats = model.vision_features(batch)  # (b, 1+N, D)
             tower.append(feats[:, 1:].float().mean(1).cpu())  # (b, N, D) -> (b, D)
             embeds = model.llama_proj(model.image_tokens(feats).to(model.llama_proj.weight.dtype))  # (b, n, H)
+            if _has_image_vocabulary(model):  # a word-mixture model: the mixtures the LLM reads
+                embeds = mix_words(model.image_word_logits(embeds), model.image_vocabulary_embeddings(),
+                                   model.text_embedding_norm())  # (b, n, W) -> (b, n, H)
             tokens.append(embeds.float().cpu())  # (b, n, H)
     finally:
         model.train(was_training)

@@ -174,3 +174,31 @@ def test_the_image_vocabulary_travels_in_the_checkpoint_and_only_into_a_word_mix
     with pytest.raises(ModelConfigError, match=r"mix\.pth holds an image vocabulary .*trained with "
                                                r"model.image_token_space=word_mixture; set that in the config"):
         load_model_checkpoint(tiny_model("minigpt_v2"), path)
+
+
+def test_each_answer_weighs_its_words_by_its_own_questions_answers() -> None:
+    from minigpt4.models.word_align import AnswerWordWeights
+
+    vocab = {w: i for i, w in enumerate("<s> yes no this is a human face not hair blond red dark".split())}
+
+    def tokenize(text: str) -> list:
+        return [0] + [vocab[w] for w in text.lower().replace(",", "").replace(".", "").split()]  # 0: a special
+
+    face = [("d", "Is this a human face?", "Yes, this is a human face." if i % 4 else "No, this is not a human face.")
+            for i in range(12)]
+    hair = [("d", "The hair?", "Blond hair." if i % 2 else "Red hair.") for i in range(10)]
+    shared = [("sharegpt", "Describe it.", "A human face, blond hair."), ("sharegpt", "Anything?", "Dark hair.")]
+    weights = AnswerWordWeights(face + hair + shared, tokenize, vocab_size=len(vocab), exclude_ids=[0])
+    yes = weights.per_answer["Yes, this is a human face."]
+    assert yes[vocab["human"]] == 0.0 and yes[vocab["face"]] == 0.0  # every answer to its question has them
+    assert yes[vocab["yes"]] == pytest.approx(math.log(12 / 9)) and 0 not in yes
+    assert float(weights.overall[vocab["human"]]) == pytest.approx(math.log(2))  # rare among ShareGPT's answers
+    rows = weights.rows([["Yes, this is a human face.", "Blond hair."], ["A human face, blond hair."],
+                         ["Dark red hair."]])  # the last: not a training answer, its words at their overall weight
+    assert float(rows[0, vocab["human"]]) == 0.0 and float(rows[0, vocab["blond"]]) == pytest.approx(math.log(2))
+    assert float(rows[1, vocab["human"]]) == pytest.approx(math.log(2)) and float(rows[1, vocab["yes"]]) == 0.0
+    assert float(rows[2, vocab["dark"]]) == pytest.approx(math.log(2))
+    assert float(rows[2, vocab["red"]]) == pytest.approx(math.log(2)) and float(rows[2, 0]) == 0.0
+    overall = question_rarity_weights([(d, q, [t for t in tokenize(a) if t]) for d, q, a in face + hair + shared],
+                                      vocab_size=len(vocab))
+    torch.testing.assert_close(weights.overall, overall)
