@@ -195,10 +195,15 @@ def test_each_answer_weighs_its_words_by_its_own_questions_answers() -> None:
     assert float(weights.overall[vocab["human"]]) == pytest.approx(math.log(2))  # rare among ShareGPT's answers
     rows = weights.rows([["Yes, this is a human face.", "Blond hair."], ["A human face, blond hair."],
                          ["Dark red hair."]])  # the last: not a training answer, its words at their overall weight
-    assert float(rows[0, vocab["human"]]) == 0.0 and float(rows[0, vocab["blond"]]) == pytest.approx(math.log(2))
-    assert float(rows[1, vocab["human"]]) == pytest.approx(math.log(2)) and float(rows[1, vocab["yes"]]) == 0.0
-    assert float(rows[2, vocab["dark"]]) == pytest.approx(math.log(2))
-    assert float(rows[2, vocab["red"]]) == pytest.approx(math.log(2)) and float(rows[2, 0]) == 0.0
+    # each answer an equal share: "Yes, ..." has one word with weight (yes), "Blond hair." one (blond)
+    assert float(rows[0, vocab["yes"]]) == pytest.approx(1.0) and float(rows[0, vocab["blond"]]) == pytest.approx(1.0)
+    assert float(rows[0, vocab["human"]]) == 0.0 and float(rows[0].sum()) == pytest.approx(2.0)
+    shared_words = weights.per_answer["A human face, blond hair."]
+    assert float(rows[1, vocab["human"]]) == pytest.approx(shared_words[vocab["human"]] / sum(shared_words.values()))
+    assert float(rows[1, vocab["yes"]]) == 0.0 and float(rows[1].sum()) == pytest.approx(1.0)
+    dark, red = float(weights.overall[vocab["dark"]]), float(weights.overall[vocab["red"]])
+    assert dark == pytest.approx(math.log(2)) and red == pytest.approx(math.log(2))
+    assert float(rows[2, vocab["dark"]]) == pytest.approx(dark / (dark + red)) and float(rows[2, 0]) == 0.0
     overall = question_rarity_weights([(d, q, [t for t in tokenize(a) if t]) for d, q, a in face + hair + shared],
                                       vocab_size=len(vocab))
     torch.testing.assert_close(weights.overall, overall)
