@@ -173,7 +173,9 @@ def test_ctrl_c_stops_an_answer_then_leaves_at_the_prompt(terminal, tiny_options
     assert "Traceback" not in term.screen
 
 
-@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+# surrogateescape is the slow-marked twin: the same replacement through the other error mode (each case starts a chat
+# process, about 30 s on 2 cores)
+@pytest.mark.parametrize("errors", ["strict", pytest.param("surrogateescape", marks=pytest.mark.slow)])
 def test_bytes_that_are_not_utf8_and_empty_questions_keep_the_chat_alive(
         terminal, errors: str, tiny_options: List[str], face_image: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
