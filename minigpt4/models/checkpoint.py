@@ -66,10 +66,16 @@ def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     of a word-mixture model once it is set (:data:`~minigpt4.models.word_mixture.VOCAB_BUFFER`, learned state
     that is not a parameter)."""
     state = {to_upstream_key(n): p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return {**state, **learned_buffers(model)}
+
+
+def learned_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The buffers a checkpoint must carry (learned from data, not rebuilt from the config): a word-mixture model's
+    image vocabulary once it is set; ``{}`` otherwise."""
     vocab = getattr(model, VOCAB_BUFFER, None)
     if isinstance(vocab, torch.Tensor) and vocab.numel():
-        state[VOCAB_BUFFER] = vocab.detach().cpu()
-    return state
+        return {VOCAB_BUFFER: vocab.detach().cpu()}
+    return {}
 
 
 def save_model_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:

@@ -41,7 +41,7 @@ from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from minigpt4.common.errors import UserError
 from minigpt4.common.logger import get_logger
 from minigpt4.common.precision import PrecisionPolicy
-from minigpt4.models.checkpoint import to_upstream_key
+from minigpt4.models.checkpoint import learned_buffers, to_upstream_key
 
 logger = get_logger(__name__)
 
@@ -176,7 +176,8 @@ def gather_trainable_weights(model: nn.Module) -> Dict[str, torch.Tensor]:
     ``"model"`` entry of a FaceGPT checkpoint), the other ranks ``{}``."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     full = get_model_state_dict(model, options=_GATHER)
-    return {to_upstream_key(n): t for n, t in full.items() if n in trainable}
+    weights = {to_upstream_key(n): t for n, t in full.items() if n in trainable}
+    return {**weights, **learned_buffers(model)} if weights else weights  # buffers are whole on every rank
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
