@@ -79,6 +79,8 @@ def test_questions_from_stdin_as_json_lines(tiny_options: List[str], face_image:
     assert err == ""
 
 
+@pytest.mark.slow  # ~35 s on 2 cores (a whole Python process); main(argv) is covered in-process above, and the
+# script as a process by the interactive pty tests
 def test_demo_script_as_a_subprocess(tiny_options: List[str], face_image: Path, tmp_path: Path) -> None:
     args = ["--cfg-path", str(TINY_EVAL["minigpt_v2"]), "--options", *tiny_options, "--image", str(face_image),
             "--max-new-tokens", "8", "--prompt", "What is in the image?"]
