@@ -1,10 +1,11 @@
 """``image_text_align``: teach the connector to name the words of its image's answers, without running the LLM.
 
 The image tokens are pulled towards the LLM's input embeddings of the words their answers use
-(:meth:`~minigpt4.models.minigpt_base.MiniGPTBase.word_align_step`), each word weighted by how rare it is among
-the training answers *to the same question* (:func:`~minigpt4.models.word_align.question_rarity_weights`): template
-words that every answer has ("The", "person", ".") and the words every answer to one question has ("hair" in the
-hair-colour answers) weigh nothing there, the words that tell images apart ("blond", "striped", "IV") the most.
+(:meth:`~minigpt4.models.minigpt_base.MiniGPTBase.word_align_step`), each answer's words weighted by how rare they
+are among the training answers *to the same question* (:class:`~minigpt4.models.word_align.AnswerWordWeights`;
+every answer an equal share of its sample's target): template words that every answer has ("The", "person", ".")
+and the words every answer to that question has ("hair" in the hair-colour answers) weigh nothing, the words that
+tell images apart ("blond", "striped", "IV") the most.
 One step costs the tower, the projection and one ``[B·N, H] x [H, W]`` matmul, not the LLM's layers, so it runs on
 far more images per second than the answer loss; it is a warm-up stage (as MiniGPT-4's stage 1 aligns before it
 instructs), followed by ``image_text_pretrain`` from its checkpoint.
