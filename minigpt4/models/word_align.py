@@ -20,6 +20,7 @@ the price of one ``[B·N, H] x [H, V]`` matmul.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
@@ -89,8 +90,7 @@ def document_frequency_weights(documents: Iterable[Iterable[int]], vocab_size: i
 MIN_QUESTION_ANSWERS = 10
 
 
-def _question_groups(items: List[Tuple[Hashable, str, Any]],
-                     min_answers: int) -> Dict[Tuple[Hashable, Optional[str]], List[Any]]:
+def _question_groups(items: List[Tuple[Hashable, str, Any]], min_answers: int) -> Dict[Tuple[Hashable, Optional[str]], List[Any]]:
     """``(dataset, question, x)`` → ``{group: [x, ...]}``: by dataset and question text (case and spacing ignored);
     a question with fewer than ``min_answers`` answers joins its dataset's pool (key ``(dataset, None)``)."""
     keyed = [(dataset, " ".join(str(question).lower().split()), x) for dataset, question, x in items]
@@ -144,12 +144,14 @@ class AnswerWordWeights:
         self.per_answer: Dict[str, Dict[int, float]] = {}
         self.overall = torch.zeros(self.vocab_size, dtype=torch.float32)  # (V,)
         for texts in _question_groups(items, min_answers).values():
-            weight = document_frequency_weights([self.tokens(text) for text in texts], self.vocab_size)  # (V,)
-            self.overall = torch.maximum(self.overall, weight)
+            df = Counter(t for text in texts for t in set(self.tokens(text)))
+            weight = {t: math.log(len(texts) / c) for t, c in df.items()}
+            for t, w in weight.items():
+                self.overall[t] = max(float(self.overall[t]), w)
             for text in set(texts):
                 mine = self.per_answer.setdefault(text, {})
                 for t in self.tokens(text):
-                    mine[t] = max(mine.get(t, 0.0), float(weight[t]))
+                    mine[t] = max(mine.get(t, 0.0), weight[t])
 
     def tokens(self, text: str) -> List[int]:
         """The distinct token ids of ``text`` inside the table, special tokens left out (cached)."""
