@@ -90,7 +90,8 @@ def document_frequency_weights(documents: Iterable[Iterable[int]], vocab_size: i
 MIN_QUESTION_ANSWERS = 10
 
 
-def _question_groups(items: List[Tuple[Hashable, str, Any]], min_answers: int) -> Dict[Tuple[Hashable, Optional[str]], List[Any]]:
+def _question_groups(items: List[Tuple[Hashable, str, Any]],
+                     min_answers: int) -> Dict[Tuple[Hashable, Optional[str]], List[Any]]:
     """``(dataset, question, x)`` → ``{group: [x, ...]}``: by dataset and question text (case and spacing ignored);
     a question with fewer than ``min_answers`` answers joins its dataset's pool (key ``(dataset, None)``)."""
     keyed = [(dataset, " ".join(str(question).lower().split()), x) for dataset, question, x in items]
@@ -145,6 +146,8 @@ class AnswerWordWeights:
         self.overall = torch.zeros(self.vocab_size, dtype=torch.float32)  # (V,)
         for texts in _question_groups(items, min_answers).values():
             df = Counter(t for text in texts for t in set(self.tokens(text)))
+            # log(D / df) as in document_frequency_weights, but in float64: the per-answer targets are normalised
+            # from these values, and float32-rounded ones move a seeded run's targets (by up to 3e-8 on the demo)
             weight = {t: math.log(len(texts) / c) for t, c in df.items()}
             for t, w in weight.items():
                 self.overall[t] = max(float(self.overall[t]), w)
