@@ -159,6 +159,10 @@ class ModelConfig:
     # distinguishing words, chosen by run.task=image_text_align and saved in the checkpoint), at the text norm,
     # sharpened by word_align_temperature (models/word_mixture.py)
     image_token_space: str = choice_field("free", ["free", "word_mixture"], help="what the image slots receive")
+    # FaceGPT: with word_mixture, this many more image tokens, one per word group (the words that tell apart the
+    # answers to one question, chosen by run.task=image_text_align and saved with the vocabulary), each the image's
+    # word distribution restricted to its group (models/word_mixture.py); 0 = off
+    word_group_tokens: int = 0
     # FaceGPT: weight of the word-alignment loss on the image tokens (0 = off, upstream's loss only): each image is
     # asked to name the words of its answers with its tokens, compared to the LLM's own token embeddings and weighted
     # by the LLM's loss on each answer token (models/word_align.py); its gradient reaches the tower and projection only

@@ -18,8 +18,8 @@ checkpoint go through it too, with the run's resolved config under ``"config"``.
 written without the adapter name (peft 0.2.0 spelling): upstream MiniGPT-4 (peft 0.2.0, ``strict=False``) loads them
 and FaceGPT accepts both. Buffers are not written (upstream's runner kept them, but they are deterministic and
 transformers 5 no longer stores ``inv_freq``); upstream's non-strict load does not need them. The one exception is
-the image vocabulary of a word-mixture model (``image_word_vocab``, token ids chosen from the training data): it is
-learned state, written with the weights and required to load them.
+the image vocabulary of a word-mixture model (``image_word_vocab``, token ids chosen from the training data) and its
+word groups (``image_word_groups``): learned state, written with the weights and required to load them.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from minigpt4.common.logger import get_logger
 from minigpt4.common.checkpoint_io import atomic_torch_save, read_weights
 from minigpt4.models.keymap import LoadReport, load_state_dict_strict
 from minigpt4.models.connectors import ModelConfigError
-from minigpt4.models.word_mixture import VOCAB_BUFFER
+from minigpt4.models.word_mixture import GROUPS_BUFFER, VOCAB_BUFFER
 
 logger = get_logger(__name__)
 
@@ -64,18 +64,22 @@ def to_upstream_key(name: str) -> str:
 def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """Every parameter with ``requires_grad`` under upstream's names, detached, on CPU; plus the image vocabulary
     of a word-mixture model once it is set (:data:`~minigpt4.models.word_mixture.VOCAB_BUFFER`, learned state
-    that is not a parameter)."""
+    that is not a parameter) and its word groups."""
     state = {to_upstream_key(n): p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     return {**state, **learned_buffers(model)}
 
 
 def learned_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The buffers a checkpoint must carry (learned from data, not rebuilt from the config): a word-mixture model's
-    image vocabulary once it is set; ``{}`` otherwise."""
+    image vocabulary once it is set, with its word groups when it has them; ``{}`` otherwise."""
     vocab = getattr(model, VOCAB_BUFFER, None)
-    if isinstance(vocab, torch.Tensor) and vocab.numel():
-        return {VOCAB_BUFFER: vocab.detach().cpu()}
-    return {}
+    if not isinstance(vocab, torch.Tensor) or not vocab.numel():
+        return {}
+    out = {VOCAB_BUFFER: vocab.detach().cpu()}
+    groups = getattr(model, GROUPS_BUFFER, None)
+    if isinstance(groups, torch.Tensor) and groups.numel():
+        out[GROUPS_BUFFER] = groups.detach().cpu()
+    return out
 
 
 def save_model_checkpoint(model: nn.Module, path: str | os.PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
@@ -249,6 +253,8 @@ def _take_image_vocabulary(model: nn.Module, state: Dict[str, torch.Tensor], pat
                                "words): it was trained with model.image_token_space=word_mixture; set that in the "
                                "config to load it")
     model.set_image_vocabulary(state[VOCAB_BUFFER])
+    if GROUPS_BUFFER in state:  # the word groups (model.word_group_tokens) over that vocabulary
+        model.set_word_groups(state[GROUPS_BUFFER])
 
 
 def _add_notes(report: LoadReport, model: nn.Module, trainable: Set[str]) -> None:

@@ -35,7 +35,8 @@ from minigpt4.models.llm import enable_llm_activation_checkpointing
 from minigpt4.models.feature_cache import autocast_state, weights_state
 from minigpt4.models.parts import build_llm, build_vision, load_prompt_list, set_trainability, vision_feature_cache
 from minigpt4.models.word_align import answer_word_weights, check_word_align, word_align_loss
-from minigpt4.models.word_mixture import VOCAB_BUFFER, mix_words, word_logits, word_mixture_loss
+from minigpt4.models.word_mixture import (GROUPS_BUFFER, VOCAB_BUFFER, group_mixture_loss, group_tokens, mix_words,
+                                          word_logits, word_mixture_loss)
 from minigpt4.models.tokenizer import LLMTokenizer
 from minigpt4.prompting import IGNORE_INDEX, IMAGE_SLOT_ID, PromptError, PromptFormat, SampleEncoder
 from minigpt4.prompting.encoder import TRUNCATION_KEYS
@@ -82,6 +83,10 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         self._instance = next(_INSTANCE_IDS)
         self.check_config(cfg)
         check_word_align(float(cfg.get("word_align_weight", 0.0)), float(cfg.get("word_align_temperature", 0.05)))
+        groups = int(cfg.get("word_group_tokens", 0) or 0)
+        if groups < 0 or (groups and cfg.get("image_token_space", "free") != "word_mixture"):
+            raise ModelConfigError(f"model.word_group_tokens={groups}: group tokens are >= 0 and need "
+                                   "model.image_token_space=word_mixture (0 turns them off)")
         self.llama_model, self.llama_tokenizer = build_llm(cfg, llm_config, self.weight_sources)
         self.llm_hidden_size = int(self.llama_model.config.hidden_size)
         self.visual_encoder, self.ln_vision = build_vision(cfg, self.on_meta, self.weight_sources)
@@ -95,6 +100,7 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         self.vision_cache = vision_feature_cache(cfg)
         if self.word_mixture:  # the image vocabulary: set by the alignment stage or loaded with model.ckpt
             self.register_buffer(VOCAB_BUFFER, torch.zeros(0, dtype=torch.long))
+            self.register_buffer(GROUPS_BUFFER, torch.zeros(0, 0, dtype=torch.bool))  # (K, W) once set
         if cfg.use_grad_checkpoint_llm and not self.on_meta:
             enable_llm_activation_checkpointing(self.llama_model)
 
@@ -169,8 +175,9 @@ class MiniGPTBase(GenerationMixin, nn.Module):
 
     @property
     def num_image_tokens(self) -> int:
-        """LLM positions per image (Q-Former queries or merged patches)."""
-        return image_token_count(self.cfg)
+        """LLM positions per image (Q-Former queries or merged patches; a word-mixture model's group tokens after
+        them)."""
+        return image_token_count(self.cfg) + self.word_group_count
 
     @property
     def sample_encoder(self) -> SampleEncoder:
@@ -195,14 +202,24 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         This is where the image enters the LLM's space: the projected tokens as they are (upstream), at the text
         norm (``image_token_scale: match_text``), or as mixtures of the image vocabulary's word embeddings
         (``image_token_space: word_mixture``, :mod:`minigpt4.models.word_mixture`)."""
-        embeds = self.project_image(image)  # (B, n, H)
-        if self.word_mixture:
-            embeds = mix_words(self.image_word_logits(embeds), self.image_vocabulary_embeddings(),
-                               self.text_embedding_norm())  # (B, n, W) -> (B, n, H)
-        elif self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' norm
-            embeds = F.normalize(embeds, dim=-1) * self.text_embedding_norm()
-        atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, n)
+        embeds = self.llm_image_tokens(self.project_image(image))  # (B, n, H) -> (B, N, H)
+        atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, N)
         return embeds, atts
+
+    def llm_image_tokens(self, projected: torch.Tensor) -> torch.Tensor:
+        """The projection's output ``[B, n, H]`` → what the image slots receive ``[B, N, H]``: as it is, at the text
+        norm, or word mixtures (``N = n``) and, with ``model.word_group_tokens`` K, the K group tokens after them
+        (``N = n + K``)."""
+        if self.word_mixture:
+            logits = self.image_word_logits(projected)  # (B, n, W)
+            words, norm = self.image_vocabulary_embeddings(), self.text_embedding_norm()
+            mixed = mix_words(logits, words, norm)  # (B, n, W) -> (B, n, H)
+            if not self.word_group_count:
+                return mixed
+            return torch.cat([mixed, group_tokens(logits, self.word_groups(), words, norm)], dim=1)
+        if self.cfg.get("image_token_scale", "none") == "match_text":  # each token at the text embeddings' norm
+            return F.normalize(projected, dim=-1) * self.text_embedding_norm()
+        return projected
 
     def project_image(self, image: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` (or ``[B, T, 3, S, S]``) → the projection's output ``[B(*T), n, H]``, before
@@ -237,6 +254,40 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         if not self.word_mixture:
             raise ModelConfigError("an image vocabulary needs model.image_token_space=word_mixture")
         setattr(self, VOCAB_BUFFER, ids.to(getattr(self, VOCAB_BUFFER).device))
+        groups = getattr(self, GROUPS_BUFFER)
+        if groups.numel() and groups.shape[1] != ids.numel():  # groups of another vocabulary: set them again
+            setattr(self, GROUPS_BUFFER, torch.zeros(0, 0, dtype=torch.bool, device=groups.device))
+
+    @property
+    def word_group_count(self) -> int:
+        """``model.word_group_tokens`` of a word-mixture model (0 otherwise)."""
+        return int(self.cfg.get("word_group_tokens", 0) or 0) if self.word_mixture else 0
+
+    def word_groups(self) -> torch.Tensor:
+        """The ``[K, W]`` bool word groups (:data:`~minigpt4.models.word_mixture.GROUPS_BUFFER`); a one-line error
+        when unset."""
+        groups = getattr(self, GROUPS_BUFFER)
+        if groups.shape[0] != self.word_group_count:
+            raise ModelConfigError(
+                f"model.word_group_tokens={self.word_group_count} needs {self.word_group_count} word groups, and this "
+                f"model has {groups.shape[0]}: train a first stage with run.task=image_text_align and the same "
+                "model.word_group_tokens (it picks the groups from the training answers), or load a checkpoint "
+                "written by such a run with model.ckpt")
+        return groups
+
+    def set_word_groups(self, groups: torch.Tensor) -> None:
+        """Set the word groups: ``[K, W]`` bool over the image vocabulary, ``K == model.word_group_tokens``, each
+        group at least one word."""
+        groups = torch.as_tensor(groups).bool()
+        width = self.image_vocabulary().numel()
+        if groups.dim() != 2 or tuple(groups.shape) != (self.word_group_count, width):
+            raise ModelConfigError(
+                f"the word groups have shape {tuple(groups.shape)}; this model needs ({self.word_group_count}, "
+                f"{width}) (model.word_group_tokens x its image vocabulary); set model.word_group_tokens="
+                f"{groups.shape[0] if groups.dim() == 2 else '?'} to load them")
+        if groups.numel() and not bool(groups.any(dim=1).all()):
+            raise ModelConfigError("every word group needs at least one word of the image vocabulary")
+        setattr(self, GROUPS_BUFFER, groups.to(getattr(self, GROUPS_BUFFER).device))
 
     def image_vocabulary_embeddings(self) -> torch.Tensor:
         """``[W, H]``: the LLM's input embeddings of the image vocabulary."""
@@ -367,7 +418,11 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         words = present.float() * per_row  # (B, V): each word of a row's answers once, at its weight
         if self.word_mixture:  # the tokens' word distributions against the answers' words, over the vocabulary
             vocab = self.image_vocabulary().to(images.device)  # (W,)
-            return {"loss": word_mixture_loss(self.image_word_logits(images), words[:, vocab])}  # (B, N, W), (B, W)
+            logits, targets = self.image_word_logits(images), words[:, vocab]  # (B, N, W), (B, W)
+            loss = word_mixture_loss(logits, targets)
+            if self.word_group_count:  # and each question's words told apart within their group
+                loss = loss + group_mixture_loss(logits, targets, self.word_groups())
+            return {"loss": loss}
         vocab = torch.nonzero((per_row > 0).any(dim=0))[:, 0]  # (W,): the words some answer weighs
         # the softmax runs over the answers' own words: the image picks its words among the data's, and a step
         # costs [B·N, H] x [H, W] instead of the whole vocabulary

@@ -144,11 +144,14 @@ class AnswerWordWeights:
             raise ValueError("no answers to weigh the words by: the training split is empty")
         self.per_answer: Dict[str, Dict[int, float]] = {}
         self.overall = torch.zeros(self.vocab_size, dtype=torch.float32)  # (V,)
+        #: per question group, the words that tell its answers apart (weight > 0), in the order first seen
+        self.question_words: List[frozenset] = []
         for texts in _question_groups(items, min_answers).values():
             df = Counter(t for text in texts for t in set(self.tokens(text)))
             # log(D / df) as in document_frequency_weights, but in float64: the per-answer targets are normalised
             # from these values, and float32-rounded ones move a seeded run's targets (by up to 3e-8 on the demo)
             weight = {t: math.log(len(texts) / c) for t, c in df.items()}
+            self.question_words.append(frozenset(t for t, w in weight.items() if w > 0))
             for t, w in weight.items():
                 self.overall[t] = max(float(self.overall[t]), w)
             for text in set(texts):
@@ -179,4 +182,28 @@ class AnswerWordWeights:
                 for t, w in words.items():
                     if total > 0 and w > 0:
                         table[row, t] += w / total
+        return table
+
+    def word_groups(self, vocab: torch.Tensor, count: int) -> torch.Tensor:
+        """``[count, W]`` bool over ``vocab`` (``[W]`` token ids): the word groups of ``model.word_group_tokens``.
+
+        A group is the words that tell apart the answers to one question (weight > 0 in :attr:`question_words`);
+        questions with the same words (two wordings of one question) are one group, and a group of one word has
+        nothing to choose between. The ``count`` groups with the fewest words are kept (a closed question, "upright /
+        left / right", before a free description's dozens of words; ties in the order first seen); fewer groups
+        than ``count`` is a one-line error naming how many there are."""
+        position = {int(t): i for i, t in enumerate(vocab.tolist())}
+        groups: List[frozenset] = []
+        for words in self.question_words:
+            inside = frozenset(position[t] for t in words if t in position)
+            if len(inside) > 1 and inside not in groups:
+                groups.append(inside)
+        if len(groups) < count:
+            raise ValueError(f"model.word_group_tokens={count}, but the training answers have {len(groups)} word "
+                             f"group(s) (questions whose answers differ by at least two words); set "
+                             f"model.word_group_tokens={len(groups)} or lower")
+        chosen = sorted(range(len(groups)), key=lambda i: (len(groups[i]), i))[:count]
+        table = torch.zeros(count, len(position), dtype=torch.bool)  # (K, W)
+        for row, i in enumerate(sorted(chosen)):
+            table[row, sorted(groups[i])] = True
         return table

@@ -13,7 +13,8 @@ instructs), followed by ``image_text_pretrain`` from its checkpoint.
 The weights are computed once, when the model is built, from every training split of the run (their records'
 answers through the model's tokenizer); a dataset that streams (shards) has no records in memory and is refused.
 A word-mixture model (``model.image_token_space: word_mixture``) without an image vocabulary gets the words with
-weight as its vocabulary then (saved in this stage's checkpoint; a vocabulary loaded with ``model.ckpt`` is kept).
+weight as its vocabulary then (saved in this stage's checkpoint; a vocabulary loaded with ``model.ckpt`` is kept),
+and, with ``model.word_group_tokens`` K, its K word groups (:meth:`AnswerWordWeights.word_groups`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch import nn
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
+from minigpt4.models.connectors import ModelConfigError
 from minigpt4.models.word_align import AnswerWordWeights
-from minigpt4.models.word_mixture import VOCAB_BUFFER
+from minigpt4.models.word_mixture import GROUPS_BUFFER, VOCAB_BUFFER
 from minigpt4.tasks.base_task import BaseTask
 
 logger = get_logger(__name__)
@@ -79,6 +81,18 @@ class ImageTextAlignTask(BaseTask):
             tokenizer = model.tokenizer
             logger.info("image_text_align: the image tokens mix %d words of the training answers (e.g. %s)",
                         vocab.numel(), ", ".join(repr(tokenizer.decode([int(t)])) for t in vocab[:8]))
+        count = int(getattr(model, "word_group_count", 0))
+        if count and getattr(model, GROUPS_BUFFER).shape[0] != count:
+            vocab = model.image_vocabulary()
+            try:
+                groups = self.answer_weights_for(model).word_groups(vocab.cpu(), count)  # (K, W)
+            except ValueError as err:
+                raise ModelConfigError(str(err)) from None
+            model.set_word_groups(groups)
+            tokenizer = model.tokenizer
+            logger.info("image_text_align: %d group tokens, one per question's words: %s", count, "; ".join(
+                " / ".join(tokenizer.decode([int(vocab[i])]).strip() for i in torch.nonzero(row)[:, 0][:6])
+                for row in groups))
         return model
 
     def weights_for(self, model: nn.Module) -> torch.Tensor:

@@ -39,7 +39,7 @@ import torch
 
 from minigpt4.common.errors import UserError, entry_point
 from minigpt4.common.logger import get_logger, setup_logging
-from minigpt4.models.word_mixture import VOCAB_BUFFER, mix_words
+from minigpt4.models.word_mixture import VOCAB_BUFFER
 
 logger = get_logger(__name__)
 
@@ -131,10 +131,9 @@ def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Di
             feats = model.vision_features(batch)  # (b, 1+N, D)
             tower.append(feats[:, 1:].float().mean(1).cpu())  # (b, N, D) -> (b, D)
             embeds = model.llama_proj(model.image_tokens(feats).to(model.llama_proj.weight.dtype))  # (b, n, H)
-            if _has_image_vocabulary(model):  # a word-mixture model: the mixtures the LLM reads
-                embeds = mix_words(model.image_word_logits(embeds), model.image_vocabulary_embeddings(),
-                                   model.text_embedding_norm())  # (b, n, W) -> (b, n, H)
-            tokens.append(embeds.float().cpu())  # (b, n, H)
+            if _has_image_vocabulary(model):  # a word-mixture model: the mixtures (and group tokens) the LLM reads
+                embeds = model.llm_image_tokens(embeds)  # (b, n, H) -> (b, N, H)
+            tokens.append(embeds.float().cpu())  # (b, N, H)
     finally:
         model.train(was_training)
     return {"tower": torch.cat(tower), "tokens": torch.cat(tokens).flatten(1)}  # (B, n, H) -> (B, n*H)

@@ -207,3 +207,140 @@ def test_each_answer_weighs_its_words_by_its_own_questions_answers() -> None:
     overall = question_rarity_weights([(d, q, [t for t in tokenize(a) if t]) for d, q, a in face + hair + shared],
                                       vocab_size=len(vocab))
     torch.testing.assert_close(weights.overall, overall)
+
+
+def test_group_tokens_mix_each_groups_words_by_the_images_distribution_inside_the_group() -> None:
+    from minigpt4.models.word_mixture import group_distributions, group_tokens
+
+    gen = torch.Generator().manual_seed(3)
+    words = torch.randn(6, 8, generator=gen)  # (W, H)
+    logits = torch.randn(2, 3, 6, generator=gen) * 2  # (B, N, W)
+    groups = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)  # (K, W)
+    dist = group_distributions(logits, groups)
+    mean = logits.softmax(-1).mean(1)  # (B, W)
+    for b in range(2):
+        for g, cols in enumerate(([0, 1], [2, 3, 4])):
+            want = torch.zeros(6)
+            want[cols] = mean[b, cols] / mean[b, cols].sum()
+            torch.testing.assert_close(dist[b, g], want)
+    out = group_tokens(logits, groups, words, norm=2.5)  # (B, K, H)
+    assert out.shape == (2, 2, 8)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((2, 2), 2.5))
+    torch.testing.assert_close(F.normalize(out[:, 1], dim=-1), F.normalize(dist[:, 1] @ words, dim=-1))
+    # a group token is made of its own words only: word 5 (in no group) and group 0's words are not in group 1's
+    basis = torch.linalg.qr(words[[2, 3, 4]].T)[0]  # (H, 3)
+    residual = out[:, 1] - (out[:, 1] @ basis) @ basis.T
+    assert float(residual.abs().max()) < 1e-4
+    # however little of an image's mass a group has, its token is as sharp as the group's own distribution
+    one = logits[:, :1]  # (B, 1, W): one token, so the restricted distribution is the token's own
+    faint = one.clone()
+    faint[..., 5] += 20.0  # word 5 takes nearly all the mass
+    assert float(faint.softmax(-1)[:, 0, :5].sum(-1).max()) < 1e-4
+    torch.testing.assert_close(group_distributions(faint, groups), group_distributions(one, groups))
+
+
+def test_group_mixture_loss_is_each_groups_cross_entropy_over_the_rows_that_have_its_words() -> None:
+    from minigpt4.models.word_mixture import group_distributions, group_mixture_loss
+
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 2, 5, generator=gen)  # (B, N, W)
+    groups = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    targets = torch.zeros(3, 5)
+    targets[0, 0], targets[0, 3] = 2.0, 1.0  # row 0: both groups
+    targets[1, 2] = 1.0  # row 1: group 0 only
+    targets[2, 4] = 0.0  # row 2: none
+    loss = group_mixture_loss(logits, targets, groups)
+    dist = group_distributions(logits, groups)
+    g0 = (-math.log(float(dist[0, 0, 0])) - math.log(float(dist[1, 0, 2]))) / 2  # mean over rows 0 and 1
+    g1 = -math.log(float(dist[0, 1, 3]))  # row 0 only
+    assert math.isclose(float(loss), (g0 + g1) / 2, rel_tol=1e-5)
+    # learning: a few steps on the loss make each group name the target word, whatever the other group does
+    free = torch.zeros(3, 2, 5, requires_grad=True)
+    opt = torch.optim.SGD([free], lr=5.0)
+    for _ in range(50):
+        opt.zero_grad()
+        group_mixture_loss(free, targets, groups).backward()
+        opt.step()
+    learned = group_distributions(free.detach(), groups)
+    assert float(learned[0, 0, 0]) > 0.9 and float(learned[0, 1, 3]) > 0.9 and float(learned[1, 0, 2]) > 0.9
+    empty = group_mixture_loss(logits.requires_grad_(), torch.zeros(3, 5), groups)
+    assert float(empty) == 0.0 and empty.requires_grad
+
+
+def test_a_model_with_group_tokens_reads_them_after_the_mixtures_and_carries_its_groups_in_the_checkpoint(
+        tiny_model: Callable[..., Any], tmp_path: Path) -> None:
+    from minigpt4.models.checkpoint import load_model_checkpoint, save_model_checkpoint
+    from minigpt4.models.word_mixture import GROUPS_BUFFER, group_tokens
+
+    plain = tiny_model("minigpt_v2", image_token_space="word_mixture")
+    model = tiny_model("minigpt_v2", image_token_space="word_mixture", word_group_tokens=2, word_align_temperature=0.2)
+    assert model.num_image_tokens == plain.num_image_tokens + 2
+    assert model.sample_encoder.image_tokens == model.num_image_tokens
+    vocab = torch.tensor([7, 11, 12, 40, 41])
+    model.set_image_vocabulary(vocab)
+    images = torch.randn(2, 3, model.cfg.image_size, model.cfg.image_size)
+    with pytest.raises(ModelConfigError, match=r"model.word_group_tokens=2 needs 2 word groups, and this model has 0: "
+                                               r"train a first stage with run.task=image_text_align"):
+        model.encode_img(images)
+    with pytest.raises(ModelConfigError, match=r"shape \(3, 5\); this model needs \(2, 5\).*word_group_tokens=3"):
+        model.set_word_groups(torch.ones(3, 5, dtype=torch.bool))
+    with pytest.raises(ModelConfigError, match="every word group needs at least one word"):
+        model.set_word_groups(torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool))
+    groups = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    model.set_word_groups(groups)
+    table = model.llama_model.get_input_embeddings().weight
+    with torch.no_grad():
+        out, atts = model.encode_img(images)  # (B, 4 + 2, H)
+        logits = model.image_word_logits(model.project_image(images))
+    assert out.shape[1] == atts.shape[1] == model.num_image_tokens
+    n = plain.num_image_tokens
+    torch.testing.assert_close(out[:, :n], mix_words(logits, table[vocab], model.text_embedding_norm()))
+    torch.testing.assert_close(out[:, n:], group_tokens(logits, groups, table[vocab], model.text_embedding_norm()))
+
+    path = save_model_checkpoint(model, tmp_path / "groups.pth")
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(state[GROUPS_BUFFER], groups)
+    fresh = tiny_model("minigpt_v2", image_token_space="word_mixture", word_group_tokens=2, word_align_temperature=0.2)
+    report = load_model_checkpoint(fresh, path)
+    assert GROUPS_BUFFER in report.matched and torch.equal(fresh.word_groups(), groups)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_img(images)[0], out)
+    with pytest.raises(ModelConfigError, match=r"set model.word_group_tokens=2 to load them"):
+        load_model_checkpoint(tiny_model("minigpt_v2", image_token_space="word_mixture"), path)
+    fresh.set_image_vocabulary(torch.tensor([3, 4]))  # another vocabulary: its groups must be set again
+    with pytest.raises(ModelConfigError, match="needs 2 word groups, and this model has 0"):
+        fresh.word_groups()
+    with pytest.raises(ModelConfigError, match="group tokens are >= 0 and need model.image_token_space=word_mixture"):
+        tiny_model("minigpt_v2", word_group_tokens=2)
+
+
+def test_word_groups_are_the_words_that_tell_one_questions_answers_apart_fewest_words_first() -> None:
+    from minigpt4.models.word_align import AnswerWordWeights
+
+    names = "<s> the head is upright tilted to left right hair blond red grey a face with and".split()
+    vocab = {w: i for i, w in enumerate(names)}
+
+    def tokenize(text: str) -> list:
+        return [0] + [vocab[w] for w in text.lower().replace(",", "").replace(".", "").split()]
+
+    tilt = ["The head is upright.", "The head is tilted to the left.", "The head is tilted to the right."]
+    answers = [("d", "How is the head held?", tilt[i % 3]) for i in range(12)]
+    answers += [("d", "Is the head tilted?", tilt[i % 3]) for i in range(12)]  # another wording: the same group
+    answers += [("d", "The hair?", ["Blond hair.", "Red hair.", "Grey hair."][i % 3]) for i in range(12)]
+    answers += [("d", "Describe.", ["A face with blond hair.", "A face with red hair and grey hair.",
+                                    "A face, upright head."][i % 3]) for i in range(12)]
+    weights = AnswerWordWeights(answers, tokenize, vocab_size=len(vocab), exclude_ids=[0])
+    image_vocab = torch.nonzero(weights.overall > 0)[:, 0]
+    position = {int(t): i for i, t in enumerate(image_vocab.tolist())}
+
+    def words(row: torch.Tensor) -> set:
+        return {names[int(image_vocab[i])] for i in torch.nonzero(row)[:, 0]}
+
+    two = weights.word_groups(image_vocab, 2)
+    assert two.shape == (2, len(position))
+    assert [words(r) for r in two] == [{"upright", "tilted", "to", "left", "right"}, {"blond", "red", "grey"}]  # "the": in every answer
+    three = weights.word_groups(image_vocab, 3)  # the description's words come last: it has the most
+    assert words(three[2]) == {"blond", "red", "grey", "upright", "with", "hair", "and", "head"}
+    with pytest.raises(ValueError, match=r"word_group_tokens=4, but the training answers have 3 word group\(s\).*"
+                                         r"set model.word_group_tokens=3 or lower"):
+        weights.word_groups(image_vocab, 4)

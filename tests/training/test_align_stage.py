@@ -123,3 +123,36 @@ def test_align_stage_of_a_word_mixture_model_picks_its_vocabulary_and_saves_it_f
     del keep, runner
     stage2 = registry.get_model_class("minigpt_v2").from_config(load_config(CFG, [*base, f"model.ckpt={aligned}"]).model)
     assert torch.equal(stage2.image_vocabulary(), vocab.cpu())
+
+
+def test_align_stage_with_group_tokens_picks_a_group_per_question_and_stage_two_reads_them(
+        tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from minigpt4.common.config import load_config
+    from minigpt4.common.registry import registry
+    from minigpt4.models.connectors import ModelConfigError
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
+    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
+            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=2",
+            "run.amp=False", "model.image_token_space=word_mixture", "model.word_group_tokens=3"]
+    _, keep, aligned = _run([*base, "run.task=image_text_align", "run.job_name=align"])
+    model = keep["runner"].unwrapped_model
+    groups, vocab = model.word_groups(), model.image_vocabulary()
+    want = keep["runner"].task.answer_weights.word_groups(vocab.cpu(), 3)
+    assert groups.shape == (3, vocab.numel()) and torch.equal(groups.cpu(), want)
+    tokenizer = model.tokenizer
+    named = [{tokenizer.decode([int(vocab[i])]).strip() for i in torch.nonzero(row)[:, 0]} for row in groups]
+    # the questions with the fewest distinguishing words: face or not, the skin type (the tiny tokenizer splits the
+    # longer words), each its own token
+    assert any({"No", "not"} <= words for words in named) and any({"I", "II", "III"} <= words for words in named)
+    assert all(len(words) > 1 for words in named)
+    del keep, model
+    cfg = load_config(CFG, [*base, f"model.ckpt={aligned}"]).model
+    stage2 = registry.get_model_class("minigpt_v2").from_config(cfg)
+    assert torch.equal(stage2.word_groups(), groups.cpu())
+    _, keep2, _ = _run([*base, f"model.ckpt={aligned}", "run.job_name=stage2"])  # the answer loss reads 4 + 3 tokens
+    assert keep2["runner"].unwrapped_model.num_image_tokens == stage2.num_image_tokens
+    too_many = [*base[:-1], "model.word_group_tokens=200", "run.task=image_text_align", "run.job_name=many"]
+    with pytest.raises(ModelConfigError, match=r"word_group_tokens=200, but the training answers have \d+ word"):
+        _run(too_many)
