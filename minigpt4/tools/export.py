@@ -230,7 +230,7 @@ def write_safetensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Di
 
 def vision_state(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
     """The non-LLM weights split by the config key that reads them: tower, BLIP-2 layout, MiniGPT checkpoint."""
-    from minigpt4.models.checkpoint import to_upstream_key
+    from minigpt4.models.checkpoint import learned_buffers, to_upstream_key
 
     state = model.state_dict()
     tower = {k[len("visual_encoder."):]: v for k, v in state.items() if k.startswith("visual_encoder.")}
@@ -242,7 +242,8 @@ def vision_state(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
     rest = {to_upstream_key(k): v for k, v in state.items()
             if not k.startswith(("llama_model.", "visual_encoder.")) and to_upstream_key(k) not in qformer}
     persistent = {n for n, _ in model.named_parameters()}
-    rest = {k: v for k, v in rest.items() if k in persistent}  # parameters only (buffers are recomputed)
+    rest = {k: v for k, v in rest.items() if k in persistent}  # parameters (buffers are recomputed) ...
+    rest.update(learned_buffers(model))  # ... except learned ones: a word-mixture model's vocabulary and groups
     return {"tower": tower, "qformer": qformer, "projection": rest}
 
 

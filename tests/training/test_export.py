@@ -208,3 +208,19 @@ def test_smollm2_gguf_llm_exports_as_a_plain_hf_folder(tmp_path: Path, train_dat
     image = _image(train_data)
     expected = _ask(cfg_path, options, image)
     assert _ask(tmp_path / "smol" / "facegpt.yaml", [], image)[:2] == expected[:2]
+
+
+def test_word_mixture_export_carries_the_image_vocabulary_and_word_groups(
+        tiny_files: Dict[str, str], train_data: Path, tmp_path: Path) -> None:
+    from minigpt4.models.word_mixture import GROUPS_BUFFER, VOCAB_BUFFER
+
+    ckpt = _train("minigpt_v2", tiny_files, train_data, tmp_path / "run", "run.task=image_text_align",
+                  "model.image_token_space=word_mixture", "model.word_group_tokens=2")
+    out = _export(ckpt, tmp_path / "exported")
+    saved = read_weights(ckpt)["model"]
+    exported = read_weights(out / export.PROJECTION_FILE)
+    assert torch.equal(exported[VOCAB_BUFFER], saved[VOCAB_BUFFER]) and VOCAB_BUFFER in saved
+    assert torch.equal(exported[GROUPS_BUFFER], saved[GROUPS_BUFFER]) and saved[GROUPS_BUFFER].shape[0] == 2
+    image = _image(train_data)
+    expected = _ask(ckpt.parent / "config.yaml", [f"model.ckpt={ckpt}"], image)
+    assert _ask(out / "facegpt.yaml", [], image)[:2] == expected[:2]
