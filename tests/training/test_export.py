@@ -200,7 +200,9 @@ def test_smollm2_gguf_llm_exports_as_a_plain_hf_folder(tmp_path: Path, train_dat
     from minigpt4.models.llm import smollm2_gguf_path
 
     cfg_path = REPO / "eval_configs" / "demo_smollm2_eval.yaml"
-    options = [f"model.llama_model={smollm2_gguf_path()}", "model.ckpt=''"]
+    # untrained: free image tokens (a word-mixture model needs the vocabulary its first stage picks)
+    options = [f"model.llama_model={smollm2_gguf_path()}", "model.ckpt=''", "model.image_token_space=free",
+               "model.word_group_tokens=0"]
     torch.manual_seed(0)  # the demo's tower is random: the export and the reference build the same one
     assert export.main(["--cfg-path", str(cfg_path), "--options", *options, "--out", str(tmp_path / "smol")]) == 0
     assert (tmp_path / "smol" / "llm" / "tokenizer.json").is_file()
