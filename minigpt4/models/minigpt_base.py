@@ -280,6 +280,9 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         group at least one word."""
         groups = torch.as_tensor(groups).bool()
         width = self.image_vocabulary().numel()
+        if groups.dim() == 2 and groups.shape[0] == self.word_group_count and groups.shape[1] != width:
+            raise ModelConfigError(f"the word groups are over {groups.shape[1]} words but the image vocabulary has "
+                                   f"{width}: set the vocabulary they were chosen for first")
         if groups.dim() != 2 or tuple(groups.shape) != (self.word_group_count, width):
             raise ModelConfigError(
                 f"the word groups have shape {tuple(groups.shape)}; this model needs ({self.word_group_count}, "

@@ -45,7 +45,9 @@ def test_smollm2_chat_answers_in_its_own_template_and_stops_at_end_of_turn(face_
     gguf = smollm2_gguf_path()
     cls = registry.get_model_class("minigpt_v2")
     cfg = cls.default_config("smollm2", {"model_type": "smollm2", "llama_model": str(gguf),
-                                         "vit_config": {"embed_dim": 32, "depth": 1, "num_heads": 2}})
+                                         "vit_config": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+                                         # untrained: free image tokens (word mixtures need a first stage's words)
+                                         "image_token_space": "free", "word_group_tokens": 0})
     torch.manual_seed(0)
     model = cls.from_config(cfg).eval()
     processor = registry.get_processor_class("blip2_image_eval").from_config(

@@ -33,6 +33,10 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     assert cfg.image_token_space == "word_mixture"  # the preset's image tokens mix words an align stage picks
     model.set_image_vocabulary(torch.tensor(hf.encode(" happy sad blond", add_special_tokens=False)))
+    width = model.image_vocabulary().numel()  # " blond" is two tokens
+    groups = torch.zeros(cfg.word_group_tokens, width, dtype=torch.bool)  # and a token per question: 7 in the preset
+    groups[:, :2], groups[-1] = True, True
+    model.set_word_groups(groups)
     tok = model.llama_tokenizer
     assert isinstance(tok, HFTokenizer) and model.llm_hidden_size == 576
     assert (tok.pad_token, model.end_sym, model.prompt_format.adds_bos) == ("<|im_end|>", "<|im_end|>", False)
@@ -45,7 +49,9 @@ def test_smollm2_gguf_llm_with_its_own_tokenizer_and_chat_template() -> None:
     assert rendered.startswith(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>")
     before, after = rendered.split("<ImageHere>")
     enc = lambda text: hf.encode(text, add_special_tokens=False)  # noqa: E731
-    n_image = (cfg.image_size // 14) ** 2 // cfg.merge_tokens  # patches, merged model.merge_tokens at a time
+    # patches, merged model.merge_tokens at a time, then the group tokens
+    n_image = (cfg.image_size // 14) ** 2 // cfg.merge_tokens + cfg.word_group_tokens
+    assert n_image == model.num_image_tokens == 4 + 7
     head = enc(before) + [-1] * n_image + enc(after)
     answer = enc("A smiling woman.<|im_end|>")
     assert answer[-1] == hf.convert_tokens_to_ids("<|im_end|>")

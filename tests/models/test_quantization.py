@@ -193,7 +193,8 @@ def test_smollm2_4bit_loss_close_to_bf16_and_lora_learns() -> None:
     models = {}
     for kind in ("none", "4bit"):
         cfg = MiniGPTv2.default_config("smollm2", {"llama_model": gguf, "vit_config": small_vit,
-                                                   "llm_precision": "bf16", "llm_quantization": kind})
+                                                   "llm_precision": "bf16", "llm_quantization": kind,
+                                                   "image_token_space": "free", "word_group_tokens": 0})
         torch.manual_seed(0)
         models[kind] = MiniGPTv2.from_config(cfg).eval()
     _copy_projection(models["none"], models["4bit"])

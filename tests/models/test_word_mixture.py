@@ -307,6 +307,8 @@ def test_a_model_with_group_tokens_reads_them_after_the_mixtures_and_carries_its
         torch.testing.assert_close(fresh.encode_img(images)[0], out)
     with pytest.raises(ModelConfigError, match=r"set model.word_group_tokens=2 to load them"):
         load_model_checkpoint(tiny_model("minigpt_v2", image_token_space="word_mixture"), path)
+    with pytest.raises(ModelConfigError, match="the word groups are over 4 words but the image vocabulary has 5"):
+        fresh.set_word_groups(torch.ones(2, 4, dtype=torch.bool))
     fresh.set_image_vocabulary(torch.tensor([3, 4]))  # another vocabulary: its groups must be set again
     with pytest.raises(ModelConfigError, match="needs 2 word groups, and this model has 0"):
         fresh.word_groups()
