@@ -26,6 +26,15 @@ def _run(options: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any], Path]:
     return summary, keep, run_dir / latest["weights"]
 
 
+def _tiny_options(tiny_llama_dir: Path, tmp_path: Path, *extra: str) -> List[str]:
+    """The tiny model's weights and a one-epoch, two-step CPU run under ``tmp_path``, then ``extra``."""
+    from minigpt4.tools.tiny_weights import write_tiny_eva
+
+    return [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
+            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=2",
+            "run.amp=False", *extra]
+
+
 def test_align_stage_trains_the_projection_alone_and_stage_two_starts_from_it(
         tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from minigpt4.tools.tiny_weights import write_tiny_eva
@@ -106,12 +115,9 @@ def test_align_stage_of_a_word_mixture_model_picks_its_vocabulary_and_saves_it_f
         tiny_llama_dir: Path, synth_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from minigpt4.common.config import load_config
     from minigpt4.common.registry import registry
-    from minigpt4.tools.tiny_weights import write_tiny_eva
 
     monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
-    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
-            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=2",
-            "run.amp=False", "model.image_token_space=word_mixture"]
+    base = _tiny_options(tiny_llama_dir, tmp_path, "model.image_token_space=word_mixture")
     _, keep, aligned = _run([*base, "run.task=image_text_align", "run.job_name=align"])
     runner = keep["runner"]
     weights = runner.task.word_weights
@@ -130,12 +136,9 @@ def test_align_stage_with_group_tokens_picks_a_group_per_question_and_stage_two_
     from minigpt4.common.config import load_config
     from minigpt4.common.registry import registry
     from minigpt4.models.connectors import ModelConfigError
-    from minigpt4.tools.tiny_weights import write_tiny_eva
 
     monkeypatch.setenv("FACEGPT_DATA", str(synth_data_root))
-    base = [f"model.llama_model={tiny_llama_dir}", f"model.vit_ckpt={write_tiny_eva(tmp_path / 'eva.pth')}",
-            f"run.output_dir={tmp_path / 'runs'}", "run.distributed=False", "run.max_epoch=1", "run.iters_per_epoch=2",
-            "run.amp=False", "model.image_token_space=word_mixture", "model.word_group_tokens=3"]
+    base = _tiny_options(tiny_llama_dir, tmp_path, "model.image_token_space=word_mixture", "model.word_group_tokens=3")
     _, keep, aligned = _run([*base, "run.task=image_text_align", "run.job_name=align"])
     model = keep["runner"].unwrapped_model
     groups, vocab = model.word_groups(), model.image_vocabulary()
