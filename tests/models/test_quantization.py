@@ -183,7 +183,7 @@ def test_lora_learns_and_checkpoint_holds_only_trainables_loading_into_unquantiz
 # ----------------------------------------------------------------------------------------------- SmolLM2
 @pytest.mark.slow
 def test_smollm2_4bit_loss_close_to_bf16_and_lora_learns() -> None:
-    """SmolLM2-135M (.gguf read as floats, then NF4): 4-bit loss within 10% of bf16 storage; 20 LoRA steps learn.
+    """SmolLM2-135M (.gguf read as floats, then NF4): 4-bit loss within 10% of bf16 storage; 10 LoRA steps learn (fp32 compute).
 
     10%, not the tiny model's 2%: a 135M model has little redundancy, and its weights were already 4-bit (Q4_1)
     on another grid, so NF4 rounds them a second time (measured: 1.537 against 1.652, 7%).
@@ -203,6 +203,7 @@ def test_smollm2_4bit_loss_close_to_bf16_and_lora_learns() -> None:
         loss = {k: m(_batch(size=size))["loss"].item() for k, m in models.items()}
     assert abs(loss["4bit"] - loss["none"]) <= 0.10 * loss["none"], loss
     del models["none"]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = _train(models["4bit"], 20, lr=3e-3, size=size)
+    # LoRA learns in fp32 compute over the NF4 weights: under CPU bf16 autocast the first updates of the zero-initialised
+    # LoRA B (about lr in size) round away and the loss stays the same to the last digit (measured, transformers 5)
+    losses = _train(models["4bit"], 10, lr=1e-3, size=size)  # (one batch: after about 10 steps fp32 Adam overshoots)
     assert losses[-1] < 0.8 * losses[0], losses
