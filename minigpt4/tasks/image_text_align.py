@@ -26,7 +26,6 @@ from torch import nn
 
 from minigpt4.common.logger import get_logger
 from minigpt4.common.registry import registry
-from minigpt4.models.connectors import ModelConfigError
 from minigpt4.models.word_align import AnswerWordWeights
 from minigpt4.models.word_mixture import GROUPS_BUFFER, VOCAB_BUFFER
 from minigpt4.tasks.base_task import BaseTask
@@ -84,10 +83,7 @@ class ImageTextAlignTask(BaseTask):
         count = int(getattr(model, "word_group_count", 0))
         if count and getattr(model, GROUPS_BUFFER).shape[0] != count:
             vocab = model.image_vocabulary()
-            try:
-                groups = self.answer_weights_for(model).word_groups(vocab.cpu(), count)  # (K, W)
-            except ValueError as err:
-                raise ModelConfigError(str(err)) from None
+            groups = self.answer_weights_for(model).word_groups(vocab.cpu(), count)  # (K, W)
             model.set_word_groups(groups)
             tokenizer = model.tokenizer
             logger.info("image_text_align: %d group tokens, one per question's words: %s", count, "; ".join(

@@ -136,7 +136,7 @@ def image_features(model: Any, pixels: torch.Tensor, batch_size: int = 32) -> Di
             tokens.append(embeds.float().cpu())  # (b, N, H)
     finally:
         model.train(was_training)
-    return {"tower": torch.cat(tower), "tokens": torch.cat(tokens).flatten(1)}  # (B, n, H) -> (B, n*H)
+    return {"tower": torch.cat(tower), "tokens": torch.cat(tokens).flatten(1)}  # (B, N, H) -> (B, N*H)
 
 
 def value_words(answers: Dict[str, str], tokenizer: Any) -> Dict[str, List[int]]:
