@@ -124,6 +124,21 @@ def question_rarity_weights(answers: Iterable[Tuple[Hashable, str, Iterable[int]
     return weights
 
 
+def branch_tokens(sequences: Iterable[Sequence[int]]) -> frozenset:
+    """The tokens at which answers part ways: every token that follows a prefix some other answer continues
+    differently (or ends at).
+
+    For "The person wears glasses." / "... wears no accessories." / "... wears e|arr|ings." they are " glasses",
+    " no" and " e": the rest of each answer ("accessories", "arr", "ings") follows from its first distinguishing
+    token, so it is not a choice the image has to make. For "The head is upright." / "... is tilted to the left." /
+    "... to the right." they are "upright", "tilted", "left" and "right" ("to", "the" follow from "tilted")."""
+    following: Dict[Tuple[int, ...], set] = defaultdict(set)
+    for seq in {tuple(s) for s in sequences}:
+        for j in range(len(seq) + 1):
+            following[seq[:j]].add(seq[j] if j < len(seq) else None)  # None: the answer ends here
+    return frozenset(t for nexts in following.values() if len(nexts) > 1 for t in nexts if t is not None)
+
+
 class AnswerWordWeights:
     """Each training answer's words at their rarity among the answers to *its* question
     (:func:`question_rarity_weights`' groups): in "Yes, this is a human face." the words "human" and "face" weigh
@@ -139,19 +154,22 @@ class AnswerWordWeights:
         self._tokenize = tokenize
         self._exclude = {int(t) for t in exclude_ids}
         self._tokens: Dict[str, List[int]] = {}
+        self._sequences: Dict[str, List[int]] = {}
         items = [(dataset, question, str(answer)) for dataset, question, answer in answers]
         if not items:
             raise ValueError("no answers to weigh the words by: the training split is empty")
         self.per_answer: Dict[str, Dict[int, float]] = {}
         self.overall = torch.zeros(self.vocab_size, dtype=torch.float32)  # (V,)
-        #: per question group, the words that tell its answers apart (weight > 0), in the order first seen
+        #: per question group, the words at which its answers part ways (:func:`branch_tokens`, weight > 0), in
+        #: the order first seen
         self.question_words: List[frozenset] = []
         for texts in _question_groups(items, min_answers).values():
             df = Counter(t for text in texts for t in set(self.tokens(text)))
             # log(D / df) as in document_frequency_weights, but in float64: the per-answer targets are normalised
             # from these values, and float32-rounded ones move a seeded run's targets (by up to 3e-8 on the demo)
             weight = {t: math.log(len(texts) / c) for t, c in df.items()}
-            self.question_words.append(frozenset(t for t, w in weight.items() if w > 0))
+            branches = branch_tokens(self.sequence(text) for text in set(texts))
+            self.question_words.append(frozenset(t for t in branches if weight.get(t, 0.0) > 0))
             for t, w in weight.items():
                 self.overall[t] = max(float(self.overall[t]), w)
             for text in set(texts):
@@ -159,11 +177,17 @@ class AnswerWordWeights:
                 for t in self.tokens(text):
                     mine[t] = max(mine.get(t, 0.0), weight[t])
 
+    def sequence(self, text: str) -> List[int]:
+        """The token ids of ``text`` inside the table, in order, special tokens left out (cached)."""
+        if text not in self._sequences:
+            self._sequences[text] = [int(t) for t in self._tokenize(text)
+                                     if 0 <= int(t) < self.vocab_size and int(t) not in self._exclude]
+        return self._sequences[text]
+
     def tokens(self, text: str) -> List[int]:
         """The distinct token ids of ``text`` inside the table, special tokens left out (cached)."""
         if text not in self._tokens:
-            self._tokens[text] = sorted({int(t) for t in self._tokenize(text)
-                                         if 0 <= int(t) < self.vocab_size and int(t) not in self._exclude})
+            self._tokens[text] = sorted(set(self.sequence(text)))
         return self._tokens[text]
 
     def rows(self, answers: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -187,11 +211,12 @@ class AnswerWordWeights:
     def word_groups(self, vocab: torch.Tensor, count: int) -> torch.Tensor:
         """``[count, W]`` bool over ``vocab`` (``[W]`` token ids): the word groups of ``model.word_group_tokens``.
 
-        A group is the words that tell apart the answers to one question (weight > 0 in :attr:`question_words`);
-        questions with the same words (two wordings of one question) are one group, and a group of one word has
-        nothing to choose between. The ``count`` groups with the fewest words are kept (a closed question, "upright /
-        left / right", before a free description's dozens of words; ties in the order first seen); fewer groups
-        than ``count`` is a one-line error naming how many there are."""
+        A group is the words at which the answers to one question part ways (:func:`branch_tokens` with weight > 0,
+        :attr:`question_words`: the first piece of "earrings", not the pieces that follow from it); questions with the
+        same words (two wordings of one question) are one group, and a group of one word has nothing to choose
+        between. The ``count`` groups with the fewest words are kept (a closed question, "upright / tilted / left /
+        right", before a free description's dozens of words; ties in the order first seen); fewer groups than
+        ``count`` is a one-line error naming how many there are."""
         position = {int(t): i for i, t in enumerate(vocab.tolist())}
         groups: List[frozenset] = []
         for words in self.question_words:

@@ -330,7 +330,8 @@ def test_word_groups_are_the_words_that_tell_one_questions_answers_apart_fewest_
     answers += [("d", "Is the head tilted?", tilt[i % 3]) for i in range(12)]  # another wording: the same group
     answers += [("d", "The hair?", ["Blond hair.", "Red hair.", "Grey hair."][i % 3]) for i in range(12)]
     answers += [("d", "Describe.", ["A face with blond hair.", "A face with red hair and grey hair.",
-                                    "A face, upright head."][i % 3]) for i in range(12)]
+                                    "A face, upright head.", "Grey hair and a tilted head."][i % 4])
+                for i in range(12)]
     weights = AnswerWordWeights(answers, tokenize, vocab_size=len(vocab), exclude_ids=[0])
     image_vocab = torch.nonzero(weights.overall > 0)[:, 0]
     position = {int(t): i for i, t in enumerate(image_vocab.tolist())}
@@ -340,10 +341,21 @@ def test_word_groups_are_the_words_that_tell_one_questions_answers_apart_fewest_
 
     two = weights.word_groups(image_vocab, 2)
     assert two.shape == (2, len(position))
-    # "the" is in every tilt answer: it tells nothing apart
-    assert [words(r) for r in two] == [{"upright", "tilted", "to", "left", "right"}, {"blond", "red", "grey"}]
+    # "the" is in every tilt answer: it tells nothing apart; "to" follows from "tilted": the image does not choose it
+    assert [words(r) for r in two] == [{"upright", "tilted", "left", "right"}, {"blond", "red", "grey"}]
     three = weights.word_groups(image_vocab, 3)  # the description's words come last: it has the most
-    assert words(three[2]) == {"blond", "red", "grey", "upright", "with", "hair", "and", "head"}
+    assert words(three[2]) == {"grey", "with", "upright", "blond", "red"}  # "a" is in every description
     with pytest.raises(ValueError, match=r"word_group_tokens=4, but the training answers have 3 word group\(s\).*"
                                          r"set model.word_group_tokens=3 or lower"):
         weights.word_groups(image_vocab, 4)
+
+
+def test_branch_tokens_are_where_answers_part_ways_not_the_pieces_that_follow() -> None:
+    from minigpt4.models.word_align import branch_tokens
+
+    # "The person wears" = 1 2 3; glasses 4; no accessories 5 6; e|arr|ings 7 8 9 (a word in three pieces)
+    answers = [[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 3, 7, 8, 9], [1, 2, 3, 4]]
+    assert branch_tokens(answers) == {4, 5, 7}
+    # an answer that ends where another goes on: the continuation is a choice ("blond" vs "blond, curly")
+    assert branch_tokens([[10, 11], [10, 11, 12], [13]]) == {10, 13, 12}
+    assert branch_tokens([[1, 2, 3]]) == frozenset()  # one answer: nothing to choose
