@@ -17,7 +17,7 @@
 The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, 5-9 s on 2 cores)
 to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in about a second.
 
-    python scripts/demo.py [--out demo_output] [--n 2400] [--align-iters 200] [--iters 60] [--options run.seed=1 ...]
+    python scripts/demo.py [--out demo_output] [--n 2400] [--align-iters 400] [--iters 60] [--options run.seed=1 ...]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the data, of the (frozen, random) vision tower and of the training run")
     parser.add_argument("--face-fraction", type=float, default=0.6, help="share of images that show a face")
-    parser.add_argument("--align-iters", type=int, default=200,
+    parser.add_argument("--align-iters", type=int, default=400,
                         help="stage 1: connector alignment steps (no LLM forward); 0 = none")
     parser.add_argument("--iters", type=int, default=60, help="stage 2: steps of LoRA on the answers")
     parser.add_argument("--eval-per-section", type=int, default=16, help="held-out questions scored per type")
