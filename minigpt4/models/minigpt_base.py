@@ -203,6 +203,10 @@ class MiniGPTBase(GenerationMixin, nn.Module):
         norm (``image_token_scale: match_text``), or as mixtures of the image vocabulary's word embeddings
         (``image_token_space: word_mixture``, :mod:`minigpt4.models.word_mixture`)."""
         embeds = self.llm_image_tokens(self.project_image(image))  # (B, n, H) -> (B, N, H)
+        if embeds.shape[1] != self.num_image_tokens:  # the prompts reserve num_image_tokens slots per image
+            raise ModelConfigError(f"the image gives {embeds.shape[1]} LLM tokens but num_image_tokens is "
+                                   f"{self.num_image_tokens} (the slots every prompt reserves): a model that adds "
+                                   f"image tokens must count them in num_image_tokens")
         atts = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)  # (B, N)
         return embeds, atts
 

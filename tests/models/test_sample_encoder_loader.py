@@ -71,6 +71,21 @@ def test_the_image_scatter_checks_the_slot_count(tiny_model: Callable[..., Any])
         model.embed_with_images(batch["input_ids"], None)
 
 
+def test_an_image_with_more_tokens_than_the_prompts_reserve_is_refused(tiny_model: Callable[..., Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that adds image tokens without counting them in num_image_tokens gets a one-line error, not its
+    extra tokens silently dropped by the slot scatter (each row would read only the first 64)."""
+    from minigpt4.models.connectors import ModelConfigError
+
+    model = tiny_model("minigpt_v2")
+    data = _Faces(2, model.cfg.image_size)
+    batch = model.sample_encoder.encode_batch(data.collater([data[0], data[1]]))
+    plain = model.llm_image_tokens
+    monkeypatch.setattr(model, "llm_image_tokens", lambda p: torch.cat([plain(p), plain(p)[:, :1]], dim=1))
+    with pytest.raises(ModelConfigError, match=r"the image gives 65 LLM tokens but num_image_tokens is 64"):
+        model.build_llm_inputs(batch)
+
+
 def test_an_empty_collated_batch_passes_through(tiny_model: Callable[..., Any]) -> None:
     model = tiny_model("minigpt_v2")
     assert EncodingCollater(lambda items: None, model.sample_encoder)([]) is None
