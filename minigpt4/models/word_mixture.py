@@ -16,9 +16,10 @@ alignment stage (``run.task: image_text_align``) at its first step and saved in 
 :func:`word_mixture_loss`: the cross-entropy of the image's answer words (weighted by rarity) against the mean of
 its tokens' distributions.
 
-*Group tokens* (``model.word_group_tokens: K``): the image also gets ``K`` tokens, one per *word group* (the words
-that tell apart the answers to one question: "upright", "left", "right" for the head-tilt question), each its
-tokens' mean distribution restricted to the group's words and renormalised:
+*Group tokens* (``model.word_group_tokens: K``): the image also gets ``K`` tokens, one per *word group* (the tokens
+at which the answers to one question part ways: "upright", "tilted", "left", "right" for the head-tilt question;
+:func:`~minigpt4.models.word_align.branch_tokens`), each its tokens' mean distribution restricted to the group's
+words and renormalised:
 
     q_g = mean_n(p_n)[group g] / its sum                # (|g|,): which of the question's words the image names
     token_g = normalise(q_g @ E[group g]) * text_norm   # (H,)

@@ -127,7 +127,8 @@ def test_align_stage_of_a_word_mixture_model_picks_its_vocabulary_and_saves_it_f
     state = torch.load(aligned, map_location="cpu", weights_only=True)["model"]
     assert torch.equal(state["image_word_vocab"], vocab.cpu())
     del keep, runner
-    stage2 = registry.get_model_class("minigpt_v2").from_config(load_config(CFG, [*base, f"model.ckpt={aligned}"]).model)
+    cfg = load_config(CFG, [*base, f"model.ckpt={aligned}"]).model
+    stage2 = registry.get_model_class("minigpt_v2").from_config(cfg)
     assert torch.equal(stage2.image_vocabulary(), vocab.cpu())
 
 
