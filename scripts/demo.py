@@ -17,7 +17,7 @@
 The LLM ships as a ``.gguf`` file; the demo converts it once (``minigpt4.models.gguf_folder``, 5-9 s on 2 cores)
 to a plain model folder under ``--out`` (``llm/``) that training, evaluation and chat then load in about a second.
 
-    python scripts/demo.py [--out demo_output] [--n 2400] [--align-iters 400] [--iters 60] [--options run.seed=1 ...]
+    python scripts/demo.py [--out demo_output] [--n 2400] [--align-iters 400] [--iters 50] [--options run.seed=1 ...]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _run_demo(argv: Optional[Sequence[str]]) -> int:
     parser.add_argument("--face-fraction", type=float, default=0.6, help="share of images that show a face")
     parser.add_argument("--align-iters", type=int, default=400,
                         help="stage 1: connector alignment steps (no LLM forward); 0 = none")
-    parser.add_argument("--iters", type=int, default=60, help="stage 2: steps of LoRA on the answers")
+    parser.add_argument("--iters", type=int, default=50, help="stage 2: steps of LoRA on the answers")
     parser.add_argument("--eval-per-section", type=int, default=16, help="held-out questions scored per type")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice; 1 is faster on a busy shared machine)")
