@@ -132,11 +132,17 @@ def branch_tokens(sequences: Iterable[Sequence[int]]) -> frozenset:
     " no" and " e": the rest of each answer ("accessories", "arr", "ings") follows from its first distinguishing
     token, so it is not a choice the image has to make. For "The head is upright." / "... is tilted to the left." /
     "... to the right." they are "upright", "tilted", "left" and "right" ("to", "the" follow from "tilted")."""
-    following: Dict[Tuple[int, ...], set] = defaultdict(set)
-    for seq in {tuple(s) for s in sequences}:
-        for j in range(len(seq) + 1):
-            following[seq[:j]].add(seq[j] if j < len(seq) else None)  # None: the answer ends here
-    return frozenset(t for nexts in following.values() if len(nexts) > 1 for t in nexts if t is not None)
+    # In sorted order the answers below one prefix are contiguous, so every place where two answers part ways is
+    # where two *neighbours* part ways: O(N log N) compares and one pass, not a trie of every prefix (long free
+    # descriptions, thousands of them per question, would make that quadratic in their length).
+    ordered = sorted({tuple(int(t) for t in s) for s in sequences})
+    found = set()
+    for a, b in zip(ordered, ordered[1:]):  # a < b: b extends a, or they differ at position k
+        k = 0
+        while k < len(a) and a[k] == b[k]:
+            k += 1
+        found.update(seq[k] for seq in (a, b) if k < len(seq))
+    return frozenset(found)
 
 
 class AnswerWordWeights:

@@ -359,3 +359,18 @@ def test_branch_tokens_are_where_answers_part_ways_not_the_pieces_that_follow() 
     # an answer that ends where another goes on: the continuation is a choice ("blond" vs "blond, curly")
     assert branch_tokens([[10, 11], [10, 11, 12], [13]]) == {10, 13, 12}
     assert branch_tokens([[1, 2, 3]]) == frozenset()  # one answer: nothing to choose
+
+
+def test_branch_tokens_match_their_definition_on_random_answer_sets() -> None:
+    """Against the definition, by brute force over every pair of answers: token t at position k of answer a is a
+    branch token when some answer b shares a[:k] and differs at k (or ends there)."""
+    import random
+
+    from minigpt4.models.word_align import branch_tokens
+
+    rng = random.Random(0)
+    for _ in range(200):
+        answers = [[rng.randrange(4) for _ in range(rng.randrange(0, 6))] for _ in range(rng.randrange(1, 7))]
+        want = {a[k] for a in answers for b in answers for k in range(len(a))
+                if b[:k] == a[:k] and (len(b) == k or b[k] != a[k])}
+        assert branch_tokens(answers) == want, answers
