@@ -230,9 +230,9 @@ class AnswerWordWeights:
             if len(inside) > 1 and inside not in groups:
                 groups.append(inside)
         if len(groups) < count:
-            raise ModelConfigError(f"model.word_group_tokens={count}, but the training answers have {len(groups)} word "
-                             f"group(s) (questions whose answers differ by at least two words); set "
-                             f"model.word_group_tokens={len(groups)} or lower")
+            raise ModelConfigError(f"model.word_group_tokens={count}, but the training answers have {len(groups)} "
+                                   f"word group(s) (questions whose answers differ by at least two words); set "
+                                   f"model.word_group_tokens={len(groups)} or lower")
         chosen = sorted(range(len(groups)), key=lambda i: (len(groups[i]), i))[:count]
         table = torch.zeros(count, len(position), dtype=torch.bool)  # (K, W)
         for row, i in enumerate(sorted(chosen)):
